@@ -1,0 +1,184 @@
+"""`CATTODPOTrainer`: `trl.DPOTrainer` plus the CATTO token-level calibration term.
+
+Wiring only; the math is in `catto.calibration`, the fused LM-head statistics in `catto.fused_head`.
+
+TRL 1.16 keeps the DPO logic in the private `_compute_loss` and documents the public `compute_loss` as the override
+point, so that is the one method overridden here. The policy's forward is reached through the `model` argument of
+`_compute_loss`, while the reference pass goes through `self.model` / `self.ref_model`. `compute_loss` therefore hands
+`_compute_loss` a thin proxy of `model` that adds `catto_stats=...` to the policy's fused call and keeps its outputs:
+the statistics come from the policy pass only, also under PEFT where the reference pass runs through the same module
+with its adapters disabled.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.utils import is_peft_available
+from trl import DPOTrainer
+
+from .calibration import binned_calibration_counts, calibration_term, ece_from_binned_counts
+from .config import CATTOConfig
+from .fused_head import add_catto_head
+
+if is_peft_available():
+    from peft import PeftModel
+else:  # pragma: no cover - peft is a runtime dependency
+    PeftModel = ()
+
+_CITATION = """\
+@article{catto2026,
+    title        = {{Calibration-Aware Token-level Training Objective for preference-aligned language models}},
+    journal      = {arXiv preprint},
+    year         = 2026,
+    eprint       = {arXiv:2601.23096}
+}"""
+
+
+class _PolicyCall:
+    """Stands in for `model` inside `DPOTrainer._compute_loss`: tags the policy's fused call, records its outputs.
+
+    Only the first call with `fused_lm_head=True` is the policy pass; any other call (the deprecated
+    `return_outputs` forward) goes through untouched. Attribute access falls through to the wrapped model.
+    """
+
+    def __init__(self, model, mode: str):
+        self._model = model
+        self._mode = mode
+        self.outputs = None
+
+    def __call__(self, *args, **kwargs):
+        if kwargs.get("fused_lm_head") and self.outputs is None:
+            self.outputs = self._model(*args, catto_stats=self._mode, **kwargs)
+            return self.outputs
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+class CATTODPOTrainer(DPOTrainer):
+    """
+    Trainer for DPO with the CATTO calibration term (arXiv 2601.23096), a drop-in replacement for
+    [`~trl.DPOTrainer`]: same constructor, same datasets, every DPO `loss_type`, PEFT, reference precompute, gradient
+    checkpointing and accumulation, and the eval loop.
+
+    The loss is `DPO loss + catto_alpha * mean_t l_t` over the response tokens of the micro-batch, with `l_t` the
+    per-token calibration loss of `catto.calibration.calibration_term`. The statistics it needs (log-probabilities of
+    the label and the top-2 tokens) come from the same tiled LM-head pass as TRL's log-probabilities, inside the
+    policy's forward, so no `(batch, seq, vocab)` logits are built and no second backbone pass runs.
+
+    Logged, for train and eval and gathered across processes: `catto/calibration_loss`, `catto/confidence`,
+    `catto/target`, `catto/token_accuracy` (top-1 = label) and `catto/token_ece` (top-label ECE of the max
+    probability, `catto_ece_bins` equal-width bins, over the same tokens).
+
+    Example:
+
+    ```python
+    from datasets import load_dataset
+    from catto import CATTOConfig, CATTODPOTrainer
+
+    dataset = load_dataset("trl-lib/ultrafeedback_binarized", split="train")
+    trainer = CATTODPOTrainer(
+        model="Qwen/Qwen3-0.6B",
+        args=CATTOConfig(output_dir="Qwen3-0.6B-CATTO", catto_alpha=0.1),
+        train_dataset=dataset,
+    )
+    trainer.train()
+    ```
+    """
+
+    _tag_names = ["trl", "dpo", "catto"]
+    _name = "CATTO"
+    _paper = {
+        "title": "CATTO: Calibration-Aware Token-level Training Objective",
+        "id": "2601.23096",
+        "citation": _CITATION,
+    }
+
+    def __init__(self, model, ref_model=None, args: CATTOConfig | None = None, *pargs, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+            args = CATTOConfig(f"{str(name).split('/')[-1]}-CATTO")
+        elif not isinstance(args, CATTOConfig):
+            raise TypeError(
+                f"`args` must be a `CATTOConfig`, got `{type(args).__name__}`. Build it with the same arguments: "
+                "`CATTOConfig(**your_dpo_config.to_dict())` keeps every DPO setting and adds the catto_* defaults."
+            )
+        super().__init__(model, ref_model, args, *pargs, **kwargs)
+        # Which pass computes the statistics: "fused" (with gradient, replaces TRL's LM-head kernel on the policy
+        # pass), "detached" (TRL's pass untouched, statistics without gradient for the metrics), or none at all.
+        if args.catto_enabled:
+            self._catto_mode = "fused"
+        elif args.catto_log_metrics:
+            self._catto_mode = "detached"
+        else:
+            self._catto_mode = None
+        if self._catto_mode is not None:
+            outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+            if self.use_weighting:
+                outputs += ("log_sum_sq_probs",)
+            policy = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+            add_catto_head(policy, outputs=outputs, token_chunk_size=args.catto_chunk_size)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._catto_mode is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        policy_call = _PolicyCall(model, self._catto_mode)
+        result = super().compute_loss(policy_call, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if policy_call.outputs is None:  # pragma: no cover - guards against a TRL refactor
+            raise RuntimeError("The DPO policy pass did not go through `model(..., fused_lm_head=True)`.")
+        term = self._catto_term(policy_call.outputs, inputs)
+        if self._catto_mode == "fused":
+            loss = loss + self.args.catto_alpha * term.loss
+        self._log_catto_metrics(term, policy_call.outputs, inputs)
+        return (loss, result[1]) if return_outputs else loss
+
+    def _catto_term(self, outputs, inputs):
+        """The calibration term of this micro-batch from the policy's per-token statistics."""
+        shift_mask = inputs["completion_mask"][..., 1:].bool()
+        seq_len = shift_mask.size(1)
+        labels = inputs["input_ids"][..., 1:]
+        # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens.
+        label_logp = outputs.log_probs[:, -seq_len:]
+        top_logp = outputs.top_log_probs[:, -seq_len:]
+        top_ids = outputs.top_ids[:, -seq_len:]
+        if self.args.catto_sequences == "chosen":
+            n_chosen = shift_mask.size(0) // 2
+            shift_mask = shift_mask.clone()
+            shift_mask[n_chosen:] = False
+        args = self.args
+        return calibration_term(
+            labels, label_logp, top_logp, top_ids, shift_mask,
+            confidence=args.catto_confidence, margin=args.catto_margin, target_scale=args.catto_target_scale,
+            detach_target=args.catto_detach_target, loss_form=args.catto_loss_form,
+        )
+
+    def _log_catto_metrics(self, term, outputs, inputs) -> None:
+        if not self.args.catto_log_metrics:
+            return
+        mode = "train" if self.model.training else "eval"
+        seq_len = term.mask.size(1)
+        max_prob = outputs.top_log_probs[:, -seq_len:, 0].detach().exp()
+        correct = (outputs.top_ids[:, -seq_len:, 0] == inputs["input_ids"][..., 1:]).double()
+        mask = term.mask
+        sums = torch.stack([
+            mask.sum().double(),
+            (term.per_token_loss.detach().double() * mask).sum(),
+            (term.confidence.detach().double() * mask).sum(),
+            (term.target.detach().double() * mask).sum(),
+            (correct * mask).sum(),
+        ])
+        bins = binned_calibration_counts(max_prob, correct, mask, self.args.catto_ece_bins)
+        # One collective for everything; sums (not means) so ranks with different token counts weigh correctly.
+        packed = self.accelerator.gather(torch.cat([sums, bins.flatten()])[None]).sum(0).cpu()
+        sums, bins = packed[:5], packed[5:].view(3, -1)
+        n = sums[0].item()
+        metrics = self._metrics[mode]
+        if n == 0:
+            return
+        metrics["catto/calibration_loss"].append(sums[1].item() / n)
+        metrics["catto/confidence"].append(sums[2].item() / n)
+        metrics["catto/target"].append(sums[3].item() / n)
+        metrics["catto/token_accuracy"].append(sums[4].item() / n)
+        metrics["catto/token_ece"].append(ece_from_binned_counts(bins))
