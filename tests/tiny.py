@@ -42,13 +42,19 @@ def make_model(arch: str = "llama", hidden: int = 32, layers: int = 2, seed: int
     return model
 
 
-def preference_dataset(n: int = 16, seed: int = 0, prompt_len: int = 4, answer_len: int = 2) -> Dataset:
-    """A learnable task: the chosen answer repeats the prompt's first word, the rejected one a random other word."""
+def preference_dataset(
+    n: int = 16, seed: int = 0, prompt_len: int = 4, answer_len: int = 2, noise: float = 0.0
+) -> Dataset:
+    """A learnable task: the chosen answer repeats the prompt's first word, the rejected one a random other word.
+
+    With `noise` > 0 that share of rows prefers a random word instead, so no model can be right more often than about
+    `1 - noise` on the answer token: a model that becomes sure of the rule is overconfident.
+    """
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         prompt = [rng.choice(WORDS) for _ in range(prompt_len)]
-        good = prompt[0]
+        good = prompt[0] if rng.random() >= noise else rng.choice(WORDS)
         bad = rng.choice([w for w in WORDS if w != good])
         rows.append({
             "prompt": " ".join(prompt),

@@ -1,0 +1,195 @@
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig
+from reference import reference_term
+from tiny import make_model, preference_dataset
+from trl import DPOConfig, DPOTrainer
+
+from catto import CATTOConfig, CATTODPOTrainer
+
+COMMON = dict(
+    per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=3, learning_rate=1e-2, bf16=False,
+    report_to=[], save_strategy="no", gradient_checkpointing=False, logging_steps=1, seed=0, disable_tqdm=True,
+)
+
+
+def build(trainer_cls, tmp_path, tokenizer, *, peft=False, dataset=None, eval_dataset=None, arch="llama", **overrides):
+    """A trainer on a fresh tiny model (same seed => same weights) with an explicit reference copy."""
+    model = make_model(arch, seed=0)
+    config_cls = CATTOConfig if trainer_cls is CATTODPOTrainer else DPOConfig
+    args = config_cls(output_dir=str(tmp_path / trainer_cls.__name__), **{**COMMON, **overrides})
+    kwargs = {}
+    if peft:
+        kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    else:
+        kwargs["ref_model"] = copy.deepcopy(model)
+    return trainer_cls(model=model, args=args, train_dataset=dataset or preference_dataset(16),
+                       eval_dataset=eval_dataset, processing_class=tokenizer, **kwargs)
+
+
+def first_batch(trainer):
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    return trainer._prepare_inputs(batch)
+
+
+def full_logits_term(model, batch, **kw):
+    """The CATTO term from the model's own full logits and the reference implementation."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["input_ids"][:, 1:]
+    mask = batch["completion_mask"][:, 1:].bool()
+    if kw.pop("sequences", "both") == "chosen":
+        mask[mask.size(0) // 2:] = False
+    loss, *_ = reference_term(logits[mask], labels[mask], torch.ones(int(mask.sum()), dtype=torch.bool), **kw)
+    return loss
+
+
+@pytest.mark.parametrize(
+    "loss_type,loss_weights", [("sigmoid", None), ("ipo", None), (["sigmoid", "sft"], [1.0, 0.5])]
+)
+@pytest.mark.parametrize("log_metrics", [True, False])
+def test_alpha_zero_is_exactly_dpo(tmp_path, tokenizer, loss_type, loss_weights, log_metrics):
+    dpo = build(DPOTrainer, tmp_path, tokenizer, loss_type=loss_type, loss_weights=loss_weights)
+    catto = build(CATTODPOTrainer, tmp_path, tokenizer, loss_type=loss_type, loss_weights=loss_weights,
+                  catto_alpha=0.0, catto_log_metrics=log_metrics)
+    dpo.train()
+    catto.train()
+    dpo_losses = [h["loss"] for h in dpo.state.log_history if "loss" in h]
+    catto_logs = [h for h in catto.state.log_history if "loss" in h]
+    assert len(dpo_losses) == 3 and [h["loss"] for h in catto_logs] == dpo_losses
+    for (name, p), q in zip(dpo.model.named_parameters(), catto.model.parameters()):
+        assert torch.equal(p, q), name
+    # The baseline still reports its calibration when asked to, for DPO-vs-CATTO comparisons.
+    assert all(("catto/token_ece" in h) == log_metrics for h in catto_logs)
+
+
+@pytest.mark.parametrize("confidence,margin,detach,sequences,loss_form", [
+    ("max", "logit", True, "both", "l1"),
+    ("label", "prob", False, "chosen", "bce"),
+    ("max", "prob", False, "both", "bce"),
+])
+def test_total_minus_dpo_is_alpha_times_term(tmp_path, tokenizer, confidence, margin, detach, sequences, loss_form):
+    alpha = 0.7
+    switches = dict(catto_confidence=confidence, catto_margin=margin, catto_detach_target=detach,
+                    catto_sequences=sequences, catto_loss_form=loss_form)
+    catto = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=alpha, catto_target_scale=1.5, **switches)
+    dpo = build(DPOTrainer, tmp_path, tokenizer)
+    batch = first_batch(catto)
+    catto.model.train()
+    dpo.model.train()
+    total = catto.compute_loss(catto.model, batch)
+    dpo_only = dpo.compute_loss(dpo.model, batch)
+    # A fresh copy of the initial weights: deep copies of the trainers' models would share their patched forward.
+    term = full_logits_term(make_model(seed=0), batch, confidence=confidence, margin=margin, scale=1.5,
+                            detach=detach, loss_form=loss_form, sequences=sequences)
+    assert (total - dpo_only).item() == pytest.approx(alpha * term.item(), abs=1e-5)
+    assert catto._metrics["train"]["catto/calibration_loss"][-1] == pytest.approx(term.item(), abs=1e-5)
+
+    # Gradients: the difference is alpha * grad(term), and it reaches every trainable parameter.
+    total.backward()
+    dpo_only.backward()
+    ref_model = make_model(seed=0)
+    term = full_logits_term(ref_model, batch, confidence=confidence, margin=margin, scale=1.5, detach=detach,
+                            loss_form=loss_form, sequences=sequences)
+    term.backward()
+    for (name, p), q, r in zip(catto.model.named_parameters(), dpo.model.parameters(), ref_model.parameters()):
+        diff = p.grad - q.grad
+        assert torch.allclose(diff, alpha * r.grad, atol=1e-5, rtol=1e-3), name
+        assert diff.abs().sum() > 0, f"the calibration term sends no gradient to {name}"
+
+
+def test_lora_term_comes_from_the_policy_pass(tmp_path, tokenizer):
+    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, peft=True, catto_alpha=0.5)
+    model = trainer.model
+    with torch.no_grad():  # LoRA starts as a no-op (B = 0): give the adapter an effect so policy != reference
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    batch = first_batch(trainer)
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    logged = trainer._metrics["train"]["catto/calibration_loss"][-1]
+    with torch.no_grad():
+        policy_term = full_logits_term(model, batch)
+        with model.disable_adapter():
+            reference_term_value = full_logits_term(model, batch)
+    assert abs(policy_term - reference_term_value) > 1e-3
+    assert logged == pytest.approx(policy_term.item(), abs=1e-5)
+    loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("options", [
+    dict(precompute_ref_log_probs=True),
+    dict(gradient_checkpointing=True),
+    dict(gradient_accumulation_steps=2),
+    dict(use_weighting=True),
+    dict(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[1.0, 0.5, 0.1]),
+])
+def test_trains_with_trl_options(tmp_path, tokenizer, arch, options):
+    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, arch=arch, catto_alpha=0.3, **options)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 3
+    for h in logs:
+        for key in ("catto/calibration_loss", "catto/confidence", "catto/target", "catto/token_accuracy",
+                    "catto/token_ece"):
+            assert key in h and h[key] == h[key], key  # present and not NaN
+        assert 0 <= h["catto/token_ece"] <= 1 and 0 <= h["catto/confidence"] <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_gradient_checkpointing_gives_the_same_loss(tmp_path, tokenizer):
+    plain = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=0.3)
+    ckpt = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=0.3, gradient_checkpointing=True)
+    plain.train()
+    ckpt.train()
+    a = [h["loss"] for h in plain.state.log_history if "loss" in h]
+    b = [h["loss"] for h in ckpt.state.log_history if "loss" in h]
+    assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_eval_loop_logs_catto_metrics(tmp_path, tokenizer):
+    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=0.3,
+                    eval_dataset=preference_dataset(8, seed=5), eval_strategy="steps", eval_steps=3)
+    trainer.train()
+    metrics = trainer.evaluate()
+    for key in ("calibration_loss", "confidence", "target", "token_accuracy", "token_ece"):
+        assert f"eval_catto/{key}" in metrics
+    # Eval does not train: the logged eval loss is DPO + alpha * term on the eval set.
+    assert metrics["eval_loss"] > 0
+
+
+def test_rejects_a_plain_dpo_config(tmp_path, tokenizer):
+    with pytest.raises(TypeError, match="CATTOConfig"):
+        CATTODPOTrainer(model=make_model(), ref_model=make_model(), args=DPOConfig(output_dir=str(tmp_path), bf16=False),
+                        train_dataset=preference_dataset(4), processing_class=tokenizer)
+
+
+def test_model_card_metadata():
+    assert "catto" in CATTODPOTrainer._tag_names and CATTODPOTrainer._name == "CATTO"
+    assert CATTODPOTrainer._paper["id"] == "2601.23096" and "2601.23096" in CATTODPOTrainer._paper["citation"]
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_calibration_effect_on_a_noisy_task(tmp_path, tokenizer, alpha):
+    """On a task where 30 % of the preferred answers are random, DPO becomes sure of the rule and overconfident.
+
+    The same seeded run with the CATTO term must end with a lower held-out token ECE. Both numbers come from the
+    trainer's own eval loop; nothing is tuned to a threshold, the assertion is the plain inequality.
+    """
+    data = dict(dataset=preference_dataset(128, seed=0, noise=0.3, answer_len=1),
+                eval_dataset=preference_dataset(64, seed=1, noise=0.3, answer_len=1))
+    opts = dict(per_device_train_batch_size=16, num_train_epochs=20, max_steps=-1, learning_rate=5e-3, beta=0.1)
+    results = {}
+    for a in (0.0, alpha):
+        trainer = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=a, **data, **opts)
+        trainer.train()
+        results[a] = trainer.evaluate()
+    dpo_ece, catto_ece = results[0.0]["eval_catto/token_ece"], results[alpha]["eval_catto/token_ece"]
+    assert results[0.0]["eval_catto/confidence"] > results[0.0]["eval_catto/token_accuracy"]  # DPO is overconfident
+    assert catto_ece < dpo_ece
