@@ -26,11 +26,13 @@ else:  # pragma: no cover - peft is a runtime dependency
     PeftModel = ()
 
 _CITATION = """\
-@article{catto2026,
-    title        = {{Calibration-Aware Token-level Training Objective for preference-aligned language models}},
-    journal      = {arXiv preprint},
+@article{parikh2026catto,
+    title        = {{CATTO: Balancing Preferences and Confidence in Language Models}},
+    author       = {Parikh, N. and Panchal, K. and Sai, A. and Shivaswamy, P. and Lan, A.},
+    journal      = {arXiv preprint arXiv:2601.23096},
     year         = 2026,
-    eprint       = {arXiv:2601.23096}
+    eprint       = {2601.23096},
+    archivePrefix = {arXiv}
 }"""
 
 
@@ -90,7 +92,7 @@ class CATTODPOTrainer(DPOTrainer):
     _tag_names = ["trl", "dpo", "catto"]
     _name = "CATTO"
     _paper = {
-        "title": "CATTO: Calibration-Aware Token-level Training Objective",
+        "title": "CATTO: Balancing Preferences and Confidence in Language Models",
         "id": "2601.23096",
         "citation": _CITATION,
     }
