@@ -1,0 +1,560 @@
+"""Overhead of `CATTODPOTrainer` (catto_alpha=0.1, fused LM-head path) against plain `trl.DPOTrainer`.
+
+What it measures, on CPU in float32 (bf16=False, no activation checkpointing, explicit deep-copied reference model):
+
+- **Step time.** Both trainers are built once in this process on the same tiny random Llama (same seed, so the same
+  initial weights) and the same random-token preference data. Their training steps then run alternately (DPO,
+  CATTO, DPO, CATTO, ...), warm-up steps first, so drifts of the machine (thermal, other load) hit both alike. One
+  step is what `Trainer`'s inner loop does for one micro-batch without gradient accumulation:
+  `trainer.training_step` (policy forward, reference forward, loss, backward), gradient clipping to `max_grad_norm`,
+  `optimizer.step()` and `optimizer.zero_grad()`. No scheduler, no logging callbacks, no data loading (the batches
+  are collated beforehand by each trainer's own collator and checked to be identical). Reported: the median wall time
+  of each and the ratio of medians (CATTO / DPO).
+- **Peak memory.** Each method runs again in its own subprocess (`--measure-memory dpo|catto[|dpo_compact]`) so the
+  peaks do not mix: it builds the trainer, the optimizer and the batches, resets the kernel's RSS high-water mark
+  (writes "5" to `/proc/self/clear_refs`), takes `VmRSS` as the baseline and after `--mem-steps` steps reads
+  `VmHWM`. Reported: the peak RSS increase over that baseline (it includes the gradients and AdamW states allocated
+  by the first step, the same for both methods), the same over the later steps only ("steady", baseline taken after
+  the first step), and their ratios. RSS is coarse (the allocator may keep freed pages), so read small differences
+  with care.
+
+Model: `LlamaForCausalLM`, hidden 256, 4 layers, intermediate 4 x hidden = 1024 (not Llama's 2.6875 ratio), head dim
+64 (4 query heads, 2 key/value heads), vocab 32000, untied LM head, SDPA attention. Data: prompt 128 random tokens,
+chosen and rejected 127 random tokens each plus the EOS that TRL appends, so every sequence is 256 tokens; batch 4
+pairs = 8 sequences per step. The tokenizer is a word-level one built in code ("t0", "t1", ... plus 4 specials =
+32000 entries); TRL 1.16's `_prepare_dataset` always tokenizes text, so the data go in as text.
+
+Note on what is compared: on devices without Triton (CPU), TRL's fused LM head scores *every* position of the
+sequence (`8 x 255` here), while the CATTO fused path scores only the response tokens (`8 x 128`). The LM head
+(32000 x 256) dominates this tiny model, so the CATTO step can come out *faster* than the DPO step on CPU; on CUDA
+TRL also scores only the response tokens. The reference forward goes through TRL's path in both trainers.
+`--with-dpo-compact` adds a third method to the rotation, `dpo_compact`: the same `DPOTrainer`, its fused LM head
+made to score only the response tokens as it does on CUDA (during its steps `trl.trainer.utils._use_triton`, which
+only picks that layout, answers True; TRL's torch kernel still runs, and its losses must match `dpo`'s). It separates
+"fewer positions scored" from "a different kernel".
+
+Rerun (about 2 minutes on 2 CPU cores at the defaults, about 3 with `--with-dpo-compact`):
+
+    python benchmarks/overhead.py [--steps 8] [--warmup 2] [--out benchmarks/results/overhead.json]
+                                  [--hidden 256 --layers 4 --vocab 32000 --seq 256 --batch 4] [--with-dpo-compact]
+
+Prints a small table and writes (atomically) a JSON report with the configuration, per-step times and losses,
+medians, ratios, memory numbers, versions and machine information.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import trl  # noqa: E402
+import trl.trainer.utils as trl_utils  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+
+import catto  # noqa: E402
+from catto import CATTOConfig, CATTODPOTrainer  # noqa: E402
+from catto.synthetic import SPECIAL, make_model  # noqa: E402
+
+METHODS = ("dpo", "catto", "dpo_compact")  # dpo_compact: opt-in control (--with-dpo-compact)
+EOS = "<eos>"
+
+
+@dataclass
+class BenchConfig:
+    """Everything that defines one benchmark run (also recorded in the JSON report)."""
+
+    hidden: int = 256
+    layers: int = 4
+    intermediate: int | None = None  # None: 4 x hidden
+    vocab: int = 32000
+    seq: int = 256
+    prompt: int | None = None  # None: seq // 2
+    batch: int = 4
+    steps: int = 8
+    warmup: int = 2
+    mem_steps: int = 3
+    seed: int = 0
+    attn: str = "sdpa"
+    catto_alpha: float = 0.1
+    device: str = "cpu"  # "cuda": TRL's Triton kernels vs catto's torch kernel; memory from the CUDA allocator
+    bf16: bool = False  # mixed precision (fp32 weights, bf16 autocast), as TRL's default on GPU
+
+    def __post_init__(self) -> None:
+        if self.intermediate is None:
+            self.intermediate = 4 * self.hidden
+        if self.prompt is None:
+            self.prompt = self.seq // 2
+        if self.hidden % 64:
+            raise ValueError(f"--hidden must be a multiple of 64 (head dim 64), got {self.hidden}.")
+        if self.vocab <= len(SPECIAL) + 1:
+            raise ValueError(f"--vocab must exceed {len(SPECIAL) + 1}, got {self.vocab}.")
+        if not 1 <= self.prompt <= self.seq - 2:
+            raise ValueError(f"Need 1 <= prompt <= seq - 2, got prompt={self.prompt}, seq={self.seq}.")
+        if self.steps < 1 or self.warmup < 0 or self.mem_steps < 2:
+            raise ValueError("Need --steps >= 1, --warmup >= 0 and --mem-steps >= 2.")
+
+    @property
+    def completion(self) -> int:
+        """Response tokens per sequence, the EOS that TRL appends included."""
+        return self.seq - self.prompt
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // 64
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads // 2 if self.heads % 2 == 0 else self.heads
+
+
+# ----------------------------------------------------------------------------------------------------------- setup
+
+
+def make_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer with exactly `vocab` entries: the specials of `catto.synthetic`, then "t0", "t1", ..."""
+    words = SPECIAL + [f"t{i}" for i in range(vocab - len(SPECIAL))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token=EOS, bos_token="<bos>", unk_token="<unk>"
+    )
+
+
+def make_dataset(cfg: BenchConfig, n_rows: int) -> Dataset:
+    """Random-token preference pairs: prompt `cfg.prompt` words, chosen/rejected `cfg.completion - 1` words each."""
+    rng = random.Random(cfg.seed)
+    n_words = cfg.vocab - len(SPECIAL)
+
+    def text(n: int) -> str:
+        return " ".join(f"t{rng.randrange(n_words)}" for _ in range(n))
+
+    n_answer = cfg.completion - 1  # TRL appends the EOS
+    rows = [
+        {"prompt": text(cfg.prompt), "chosen": " " + text(n_answer), "rejected": " " + text(n_answer)}
+        for _ in range(n_rows)
+    ]
+    return Dataset.from_list(rows)
+
+
+def build_model(cfg: BenchConfig) -> transformers.PreTrainedModel:
+    """The tiny random Llama (float32), deterministic from `cfg.seed`."""
+    model = make_model(
+        "llama", hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed, vocab_size=cfg.vocab,
+        intermediate_size=cfg.intermediate, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.seq,
+    )
+    model.set_attn_implementation(cfg.attn)
+    return model
+
+
+def build_trainer(method: str, cfg: BenchConfig, tokenizer: PreTrainedTokenizerFast, dataset: Dataset,
+                  output_dir: str) -> DPOTrainer:
+    """A trainer on a fresh model with an explicit deep-copied reference, its optimizer created for manual steps."""
+    common: dict[str, Any] = dict(
+        output_dir=output_dir, per_device_train_batch_size=cfg.batch, max_length=cfg.seq, bf16=cfg.bf16,
+        use_cpu=cfg.device == "cpu",
+        activation_checkpointing=False, report_to=[], save_strategy="no", seed=cfg.seed, disable_tqdm=True,
+        logging_steps=1,
+    )
+    if method in ("dpo", "dpo_compact"):
+        trainer_cls, args = DPOTrainer, DPOConfig(**common)
+    elif method == "catto":
+        trainer_cls, args = CATTODPOTrainer, CATTOConfig(**common, catto_alpha=cfg.catto_alpha)
+    else:
+        raise ValueError(method)
+    model = build_model(cfg)
+    trainer = trainer_cls(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=dataset,
+                          processing_class=tokenizer)
+    # What `Trainer.train` sets up before its inner loop, and `training_step` relies on.
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.model.train()
+    return trainer
+
+
+def make_batches(trainer: DPOTrainer, cfg: BenchConfig, n_batches: int) -> list[dict[str, torch.Tensor]]:
+    """Consecutive, unshuffled micro-batches of the trainer's own (TRL-tokenized) dataset, collated by its collator."""
+    ds = trainer.train_dataset
+    batches = []
+    for b in range(n_batches):
+        rows = [ds[i] for i in range(b * cfg.batch, (b + 1) * cfg.batch)]
+        batch = trainer._prepare_inputs(trainer.data_collator(rows))
+        expected = (2 * cfg.batch, cfg.seq)
+        if tuple(batch["input_ids"].shape) != expected or int(batch["completion_mask"][0].sum()) != cfg.completion:
+            raise RuntimeError(
+                f"Unexpected tokenization: input_ids {tuple(batch['input_ids'].shape)} (want {expected}), "
+                f"{int(batch['completion_mask'][0].sum())} response tokens (want {cfg.completion})."
+            )
+        batches.append(batch)
+    return batches
+
+
+@contextlib.contextmanager
+def trl_scores_response_tokens_only(enabled: bool = True) -> Iterator[None]:
+    """Make TRL's fused LM head score only the response positions, as it does on CUDA/XPU.
+
+    `trl.trainer.utils.add_fused_lm_head` asks `_use_triton` only to choose between scoring the valid positions
+    (Triton devices) and every position (elsewhere); the kernel itself reads its own module's `_use_triton`, so it
+    keeps running its torch code on CPU.
+    """
+    if not enabled:
+        yield
+        return
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def train_step(trainer: DPOTrainer, batch: dict[str, torch.Tensor], compact: bool = False) -> float:
+    """One optimizer step on one micro-batch, as `Trainer`'s inner loop does it; returns the loss."""
+    model = trainer.model
+    with trl_scores_response_tokens_only(compact and model.device.type == "cpu"):
+        loss = trainer.training_step(model, batch)
+    if trainer.args.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return float(loss)  # a host sync on CUDA, so the step's kernels are finished when the timer stops
+
+
+# ---------------------------------------------------------------------------------------------------------- timing
+
+
+def time_alternating(trainers: dict[str, DPOTrainer], batches: dict[str, list[dict[str, torch.Tensor]]],
+                     cfg: BenchConfig) -> dict[str, dict[str, list[float]]]:
+    """Warm-up then measured steps, the methods in turn (DPO, CATTO[, DPO compact]); batch `i` is the same data."""
+    out: dict[str, dict[str, list[float]]] = {m: {"times_s": [], "losses": [], "warmup_times_s": []} for m in trainers}
+    for i in range(cfg.warmup + cfg.steps):
+        for method, trainer in trainers.items():
+            t0 = time.perf_counter()
+            loss = train_step(trainer, batches[method][i], compact=method == "dpo_compact")
+            elapsed = time.perf_counter() - t0
+            out[method]["warmup_times_s" if i < cfg.warmup else "times_s"].append(elapsed)
+            out[method]["losses"].append(loss)
+    return out
+
+
+def summarize_times(times: list[float]) -> dict[str, float]:
+    return {
+        "median_s": statistics.median(times),
+        "mean_s": statistics.fmean(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------- memory
+
+
+def proc_status_kib() -> dict[str, int]:
+    """`VmRSS` and `VmHWM` of this process, in KiB (Linux `/proc/self/status`)."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def reset_hwm() -> bool:
+    """Reset the RSS high-water mark (`VmHWM`) to the current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_memory(method: str, cfg: BenchConfig) -> dict[str, Any]:
+    """Peak RSS increase of `cfg.mem_steps` training steps of `method` over the RSS after construction (child mode)."""
+    tokenizer = make_tokenizer(cfg.vocab)
+    if cfg.device == "cuda":
+        return measure_cuda_memory(method, cfg, tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(method, cfg, tokenizer, make_dataset(cfg, cfg.batch * cfg.mem_steps), tmp)
+        batches = make_batches(trainer, cfg, cfg.mem_steps)
+        gc.collect()
+        hwm_reset = reset_hwm()
+        base = proc_status_kib()["VmRSS"]
+        compact = method == "dpo_compact"
+        train_step(trainer, batches[0], compact)
+        gc.collect()
+        after_first = proc_status_kib()
+        steady_base = after_first["VmRSS"]
+        if hwm_reset:
+            reset_hwm()
+        for batch in batches[1:]:
+            train_step(trainer, batch, compact)
+        end = proc_status_kib()
+    peak = max(after_first["VmHWM"], end["VmHWM"])
+    mib = 1024.0
+    return {
+        "method": method,
+        "hwm_reset": hwm_reset,
+        "steps": cfg.mem_steps,
+        "baseline_rss_mib": base / mib,
+        "peak_rss_mib": peak / mib,
+        "peak_rss_delta_mib": (peak - base) / mib,
+        # Steps 2..n over the RSS after step 1 (gradients freed, AdamW states allocated); needs the HWM reset.
+        "steady_baseline_rss_mib": steady_base / mib,
+        "steady_peak_rss_delta_mib": (end["VmHWM"] - steady_base) / mib if hwm_reset else None,
+    }
+
+
+def measure_cuda_memory(method: str, cfg: BenchConfig, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    """Peak CUDA allocator memory of `cfg.mem_steps` steps over what is allocated after construction (child mode).
+
+    Reported under the same keys as the CPU RSS numbers (`*_rss_*`) so the ratios and the table need no branch.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(method, cfg, tokenizer, make_dataset(cfg, cfg.batch * cfg.mem_steps), tmp)
+        batches = make_batches(trainer, cfg, cfg.mem_steps)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        train_step(trainer, batches[0])
+        peak_first = torch.cuda.max_memory_allocated()
+        steady_base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        for batch in batches[1:]:
+            train_step(trainer, batch)
+        peak_steady = torch.cuda.max_memory_allocated()
+    mib = 1024.0**2
+    return {
+        "method": method,
+        "memory": "torch.cuda.max_memory_allocated",
+        "steps": cfg.mem_steps,
+        "baseline_rss_mib": base / mib,
+        "peak_rss_mib": max(peak_first, peak_steady) / mib,
+        "peak_rss_delta_mib": (max(peak_first, peak_steady) - base) / mib,
+        "steady_baseline_rss_mib": steady_base / mib,
+        "steady_peak_rss_delta_mib": (peak_steady - steady_base) / mib,
+    }
+
+
+def memory_in_subprocess(method: str, cli_args: list[str]) -> dict[str, Any]:
+    """Run `--measure-memory method` in a fresh interpreter and parse the JSON line it prints last."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--measure-memory", method, *cli_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_num_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict[str, str]:
+    return {"torch": torch.__version__, "trl": trl.__version__, "transformers": transformers.__version__,
+            "datasets": datasets.__version__, "catto": catto.__version__}
+
+
+def write_json_atomic(path: str, obj: dict[str, Any]) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, out)
+
+
+def ratios(report: dict[str, Any], baseline: str) -> dict[str, float | None]:
+    """CATTO / `baseline`: ratio of median step times and of the peak RSS increases (when memory was measured)."""
+    t, mem = report["time"], report.get("memory")
+    out: dict[str, float | None] = {"time_median": t["catto"]["median_s"] / t[baseline]["median_s"]}
+    if mem:
+        out["peak_rss_delta"] = mem["catto"]["peak_rss_delta_mib"] / mem[baseline]["peak_rss_delta_mib"]
+        a, b = mem["catto"]["steady_peak_rss_delta_mib"], mem[baseline]["steady_peak_rss_delta_mib"]
+        out["steady_peak_rss_delta"] = a / b if a is not None and b else None
+    return out
+
+
+def print_table(report: dict[str, Any]) -> None:
+    t, mem = report["time"], report.get("memory")
+    print(f"\n{'method':<12}{'median s/step':>15}{'mean':>9}{'min':>9}{'max':>9}"
+          + (f"{'peak dRSS MiB':>15}{'steady dRSS MiB':>17}" if mem else ""))
+    for m in report["methods"]:
+        s = t[m]
+        row = f"{m:<12}{s['median_s']:>15.3f}{s['mean_s']:>9.3f}{s['min_s']:>9.3f}{s['max_s']:>9.3f}"
+        if mem:
+            steady = mem[m]["steady_peak_rss_delta_mib"]
+            row += f"{mem[m]['peak_rss_delta_mib']:>15.1f}"
+            row += f"{steady:>17.1f}" if steady is not None else f"{'n/a':>17}"
+        print(row)
+    for key, r in report["ratios"].items():
+        line = f"{key}: time {r['time_median']:.3f}"
+        if "peak_rss_delta" in r:
+            line += f", peak memory {r['peak_rss_delta']:.3f}"
+        if r.get("steady_peak_rss_delta") is not None:
+            line += f", steady peak memory {r['steady_peak_rss_delta']:.3f}"
+        print(line)
+    pos = report["lm_head_positions_per_step"]
+    print("LM-head positions scored per step: " + ", ".join(f"{k} {v}" for k, v in pos.items()))
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=8, help="measured steps per method")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps per method (not measured)")
+    p.add_argument("--mem-steps", type=int, default=3, help="steps of each memory subprocess")
+    p.add_argument("--out", default="benchmarks/results/overhead.json", help="JSON report path")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=None, help="MLP width (default 4 x hidden)")
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--seq", type=int, default=256, help="tokens per sequence (prompt + response incl. EOS)")
+    p.add_argument("--prompt", type=int, default=None, help="prompt tokens (default seq // 2)")
+    p.add_argument("--batch", type=int, default=4, help="preference pairs per step (2x sequences)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--catto-alpha", type=float, default=0.1)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast; fp32 weights)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--with-dpo-compact", action="store_true",
+                   help="also time DPOTrainer scoring only response tokens (TRL's CUDA layout) as a control")
+    p.add_argument("--measure-memory", choices=METHODS, help=argparse.SUPPRESS)  # child mode
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        hidden=args.hidden, layers=args.layers, intermediate=args.intermediate, vocab=args.vocab, seq=args.seq,
+        prompt=args.prompt, batch=args.batch, steps=args.steps, warmup=args.warmup, mem_steps=args.mem_steps,
+        seed=args.seed, attn=args.attn, catto_alpha=args.catto_alpha, device=args.device, bf16=args.bf16,
+    )
+
+
+def child_cli_args(cfg: BenchConfig) -> list[str]:
+    """The CLI flags that make a memory subprocess build exactly `cfg`."""
+    flags = {"hidden": cfg.hidden, "layers": cfg.layers, "intermediate": cfg.intermediate, "vocab": cfg.vocab,
+             "seq": cfg.seq, "prompt": cfg.prompt, "batch": cfg.batch, "mem-steps": cfg.mem_steps, "seed": cfg.seed,
+             "attn": cfg.attn, "catto-alpha": cfg.catto_alpha, "device": cfg.device}
+    return [x for k, v in flags.items() for x in (f"--{k}", str(v))] + (["--bf16"] if cfg.bf16 else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = config_from_args(args)
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    # TRL 1.16 still calls the renamed `is_gradient_checkpointing`; nothing to act on here.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    if args.measure_memory:
+        print(json.dumps(measure_memory(args.measure_memory, cfg)))
+        return 0
+
+    started = time.time()
+    n_batches = cfg.warmup + cfg.steps
+    tokenizer = make_tokenizer(cfg.vocab)
+    dataset = make_dataset(cfg, cfg.batch * n_batches)
+    methods = list(METHODS if args.with_dpo_compact else METHODS[:2])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {m: build_trainer(m, cfg, tokenizer, dataset, os.path.join(tmp, m)) for m in methods}
+        batches = {m: make_batches(trainers[m], cfg, n_batches) for m in methods}
+        for m in methods[1:]:
+            for a, b in zip(batches["dpo"], batches[m]):
+                if not all(torch.equal(a[k], b[k]) for k in ("input_ids", "attention_mask", "completion_mask")):
+                    raise RuntimeError(f"The dpo and {m} trainers collated different batches.")
+        first = batches["dpo"][0]
+        all_positions = first["input_ids"].size(0) * (first["input_ids"].size(1) - 1)
+        response_positions = int(first["completion_mask"][:, 1:].sum())
+        # TRL scores every position on CPU and only the response tokens where Triton runs (CUDA).
+        trl_positions = response_positions if cfg.device == "cuda" else all_positions
+        positions = {"dpo_policy": trl_positions, "dpo_reference": trl_positions,
+                     "catto_policy": response_positions, "catto_reference": trl_positions}
+        if "dpo_compact" in methods:
+            positions |= {"dpo_compact_policy": response_positions, "dpo_compact_reference": response_positions}
+        n_params = sum(p.numel() for p in trainers["dpo"].model.parameters())
+        device_name = torch.cuda.get_device_name(0) if cfg.device == "cuda" else f"{torch.get_num_threads()} threads"
+        print(f"Timing {cfg.steps} steps per method after {cfg.warmup} warm-up, alternating {'/'.join(methods)} "
+              f"({n_params / 1e6:.1f}M parameters, {device_name})...", flush=True)
+        steps = time_alternating(trainers, batches, cfg)
+        del trainers, batches
+        gc.collect()
+
+    time_summary = {m: {**summarize_times(steps[m]["times_s"]), **steps[m]} for m in methods}
+    report: dict[str, Any] = {
+        "benchmark": "CATTODPOTrainer (fused) vs trl.DPOTrainer: step time and peak RSS",
+        "command": " ".join(["python", *sys.argv]),
+        "config": {**asdict(cfg), "completion": cfg.completion, "heads": cfg.heads, "kv_heads": cfg.kv_heads,
+                   "sequences_per_step": 2 * cfg.batch,
+                   "dtype": "float32 weights, bf16 autocast" if cfg.bf16 else "float32",
+                   "activation_checkpointing": False, "ref_model": "explicit deepcopy",
+                   "parameters_per_model": n_params},
+        "methods": methods,
+        "lm_head_positions_per_step": positions,
+        "time": time_summary,
+        "versions": versions(),
+        "machine": machine_info(),
+    }
+    if "dpo_compact" in methods:
+        # Same math as `dpo`, other layout: the losses must agree up to float rounding.
+        report["dpo_compact_max_abs_loss_diff_vs_dpo"] = max(
+            abs(a - b) for a, b in zip(steps["dpo"]["losses"], steps["dpo_compact"]["losses"])
+        )
+    if not args.no_memory:
+        print("Measuring peak memory in one subprocess per method...", flush=True)
+        report["memory"] = {m: memory_in_subprocess(m, child_cli_args(cfg)) for m in methods}
+    report["ratios"] = {f"catto/{m}": ratios(report, m) for m in methods if m != "catto"}
+    report["wall_time_s"] = time.time() - started
+    write_json_atomic(args.out, report)
+    print_table(report)
+    print(f"Wrote {args.out} ({report['wall_time_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
