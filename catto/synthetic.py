@@ -15,12 +15,15 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>"]
 WORDS = [f"w{i}" for i in range(40)]
 VOCAB = SPECIAL + WORDS
+# Extra tokens for MCQA prompts ("Question: ... A. w3 ... Answer: B"); punctuation is split off by the pre-tokenizer.
+MCQA_VOCAB = VOCAB + list("ABCDEFGH") + [".", ":", "?", "Question", "Answer"]
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over `VOCAB`; every word is one token."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+def make_tokenizer(vocab: list[str] = VOCAB) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over `vocab` (default `VOCAB`; `MCQA_VOCAB` for lettered prompts); every word is one
+    token and punctuation is split off ("A." -> "A", ".")."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
     )
