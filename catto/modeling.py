@@ -48,3 +48,32 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", devic
         tokenizer.pad_token = tokenizer.eos_token
     model.to(resolve_device(device)).eval()
     return model, tokenizer
+
+
+def gguf_to_hf_folder(folder: str, gguf_file: str, out_dir: str) -> str:
+    """Convert a GGUF checkpoint into an ordinary Hugging Face folder (float32) that every catto path and other
+    tools (lm-eval, TRL) load by path. Returns `out_dir`; does nothing if it already holds a converted model.
+
+    transformers de-quantises GGUF on load but refuses to `save_pretrained` such a model, so a fresh model is built
+    from its config without the GGUF quantization entry and given the loaded weights.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if os.path.exists(os.path.join(out_dir, "config.json")):
+        return out_dir
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    model.tie_weights()
+    missing = [k for k in missing if not (config.tie_word_embeddings and k.endswith("lm_head.weight"))]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {gguf_file}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    tmp = out_dir.rstrip("/") + ".partial"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, out_dir)
+    return out_dir
