@@ -1,6 +1,7 @@
 """`catto` console entry point.
 
-`catto demo` trains the same tiny model twice from the same seed, once as plain DPO (`catto_alpha=0`) and once with
+`catto eval` scores MCQA datasets with a model (letter or cloze scoring) and writes per-item results, metrics and
+plots. `catto demo` trains the same tiny model twice from the same seed, once as plain DPO (`catto_alpha=0`) and once with
 the CATTO term, on a built-in preference task whose preferred answers are 30 % noise, and prints the held-out
 token-level calibration of both. It needs no download and runs on CPU in about a minute.
 """
@@ -67,6 +68,73 @@ def run_demo(args: argparse.Namespace) -> dict:
     return result
 
 
+def _dataset_name(spec: str) -> str:
+    """A folder-safe name for a data spec (`arc_easy`, `mmlu:/path/to/csvs` -> `mmlu-csvs`)."""
+    name, _, path = spec.partition(":")
+    tail = os.path.basename(os.path.normpath(path)) if path else ""
+    raw = f"{name}-{tail}" if tail else name
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
+    return safe.strip("-") or "data"
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """Score each `--data` spec with the model; write results.jsonl (resumable), metrics.json and plots."""
+    from . import __version__
+    from .data import load_mcqa
+    from .evaluation import format_table, summarize_results
+    from .modeling import load_model_and_tokenizer
+    from .scoring import ScoringConfig, score_items
+
+    config = ScoringConfig(args.scoring, cloze_normalization=args.cloze_normalization,
+                           chat_template=args.chat_template, num_fewshot=args.num_fewshot)
+    datasets = {}
+    for spec in args.data:  # load (and validate) every dataset before spending time on the model
+        items = load_mcqa(spec, split=args.split, limit=args.limit + args.num_fewshot if args.limit else None,
+                          seed=args.seed)
+        fewshot, items = items[: args.num_fewshot], items[args.num_fewshot:]
+        datasets[_dataset_name(spec)] = (spec, items, fewshot)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device,
+                                                gguf_file=args.gguf_file)
+    summaries, report = {}, {}
+    for name, (spec, items, fewshot) in datasets.items():
+        folder = os.path.join(args.out, name)
+        results = score_items(model, tokenizer, items, config=config, fewshot=fewshot, batch_size=args.batch_size,
+                              results_path=os.path.join(folder, "results.jsonl"), progress=not args.no_progress)
+        summary = summarize_results(results, n_bins=args.n_bins, binning=args.binning,
+                                    n_resamples=args.bootstrap, seed=args.seed)
+        plots = {}
+        if not args.no_plots:
+            from .plots import reliability_diagram, risk_coverage_plot
+
+            conf = [r.confidence for r in results]
+            correct = [bool(r.correct) for r in results]
+            plots["reliability"] = reliability_diagram(conf, correct, os.path.join(folder, "reliability.png"),
+                                                       n_bins=args.n_bins, binning=args.binning,
+                                                       title=f"{name} · {args.scoring}")
+            plots["risk_coverage"] = risk_coverage_plot({args.scoring: (conf, correct)},
+                                                        os.path.join(folder, "risk_coverage.png"), title=name)
+        summaries[name] = summary
+        report[name] = {"spec": spec, "n_items": len(items), "fewshot_ids": [f.id for f in fewshot],
+                        "results": os.path.join(folder, "results.jsonl"), "plots": plots, "metrics": summary}
+    payload = {
+        "catto_version": __version__,
+        "model": args.model,
+        "gguf_file": args.gguf_file,
+        "dtype": args.dtype,
+        "scoring": config.to_dict(),
+        "binning": {"n_bins": args.n_bins, "scheme": args.binning},
+        "bootstrap": {"n_resamples": args.bootstrap, "seed": args.seed, "interval": "percentile, 95 %"},
+        "seed": args.seed,
+        "limit": args.limit,
+        "split": args.split,
+        "datasets": report,
+    }
+    _write_json_atomic(os.path.join(args.out, "metrics.json"), payload)
+    print(format_table(summaries))
+    print(f"\nWrote {os.path.join(args.out, 'metrics.json')}")
+    return payload
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -80,12 +148,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--noise", type=float, default=0.3, help="Share of random preferred answers (default 0.3).")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=run_demo)
+
+    ev = sub.add_parser("eval", help="Accuracy and calibration of a model on MCQA datasets.")
+    ev.add_argument("--model", required=True, help="Hub id or local folder of a causal LM.")
+    ev.add_argument("--gguf-file", default=None, help="GGUF file inside --model's folder to load the weights from.")
+    ev.add_argument("--data", action="append", required=True,
+                    help="Dataset spec, repeatable (e.g. arc_easy, mmlu:/path/to/csvs; see catto.data.load_mcqa).")
+    ev.add_argument("--split", default=None, help="Dataset split (default: each dataset's evaluation split).")
+    ev.add_argument("--scoring", choices=["letter", "cloze"], default="letter")
+    ev.add_argument("--cloze-normalization", choices=["sum", "token", "char"], default="char",
+                    help="Which cloze log-likelihood the option probabilities use (default char = acc_norm).")
+    ev.add_argument("--num-fewshot", type=int, default=0, help="Demonstrations taken from the start of the data.")
+    ev.add_argument("--chat-template", action="store_true", help="Wrap letter prompts in the chat template.")
+    ev.add_argument("--limit", type=int, default=None, help="Score only the first N items of each dataset.")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    ev.add_argument("--n-bins", type=int, default=15, help="Calibration bins (default 15).")
+    ev.add_argument("--binning", choices=["equal_width", "equal_mass"], default="equal_width")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the intervals (0: none).")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", required=True, help="Output folder (re-running resumes the per-item results).")
+    ev.add_argument("--no-plots", action="store_true")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=run_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "alpha", 1.0) <= 0:
+    if args.command == "demo" and args.alpha <= 0:
         print("catto demo: --alpha must be > 0 (the DPO baseline run uses 0).", file=sys.stderr)
         return 2
     args.func(args)

@@ -1,0 +1,69 @@
+"""Corpus-level aggregation of per-item results (lm-evaluation-harness style): one summary per dataset, every
+choice (scoring, confidence definition, binning, bootstrap) recorded next to the numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .metrics import brier_score, calibration_summary, nll
+from .results import ItemResult
+
+
+def padded_probability_matrix(results: Sequence[ItemResult]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K_max) option probabilities (items with fewer options padded with zero-probability columns) and gold
+    labels. Zero columns change neither the multiclass Brier score nor the NLL of an item."""
+    k_max = max(len(r.option_probs) for r in results)
+    probs = np.zeros((len(results), k_max))
+    for i, r in enumerate(results):
+        probs[i, : len(r.option_probs)] = r.option_probs
+    probs /= probs.sum(axis=1, keepdims=True)  # float32 round-off from the scorer
+    return probs, np.array([r.gold for r in results])
+
+
+def summarize_results(results: Sequence[ItemResult], *, n_bins: int = 15, binning: str = "equal_width",
+                      n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy and calibration of labelled `results` (answered, non-abstained items count as predictions).
+
+    With the same number of options for every item the (N, K) matrix is summarised (adding multiclass Brier, NLL and
+    class-wise ECE); with ragged option counts the top-label metrics come from confidences and the multiclass Brier
+    and NLL from the zero-padded matrix.
+    """
+    labelled = [r for r in results if r.gold is not None]
+    if not labelled:
+        raise ValueError("No labelled results to summarise: metrics need gold labels.")
+    unanswered = [r.id for r in labelled if r.prediction is None]
+    if unanswered:
+        raise ValueError(f"{len(unanswered)} item(s) have no prediction (e.g. {unanswered[:3]}); score them first.")
+    n_options = {len(r.option_probs) for r in labelled}
+    probs, labels = padded_probability_matrix(labelled)
+    kwargs = dict(n_bins=n_bins, binning=binning, n_resamples=n_resamples, seed=seed)
+    if len(n_options) == 1:
+        summary = calibration_summary(probs, labels, **kwargs)
+    else:
+        conf = np.array([r.confidence for r in labelled])
+        correct = np.array([bool(r.correct) for r in labelled])
+        summary = calibration_summary(conf, correct, **kwargs)
+        summary["brier"] = {"value": brier_score(probs, labels), "form": "multiclass", "padding": "zero columns"}
+        summary["nll"] = {"value": nll(probs, labels), "padding": "zero columns"}
+    summary["n_options"] = sorted(n_options)
+    return summary
+
+
+def format_table(rows: dict[str, dict[str, Any]], keys: Sequence[str] = ("accuracy", "ece", "brier", "auroc")) -> str:
+    """Markdown table of `{dataset: summary}` with bootstrap intervals where present."""
+    def cell(entry: dict[str, Any] | None) -> str:
+        if entry is None:
+            return "-"
+        value = entry["value"]
+        text = "nan" if value != value else f"{value:.3f}"
+        if "ci" in entry:
+            text += f" [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
+        return text
+
+    lines = ["| data | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name, summary in rows.items():
+        lines.append(f"| {name} | {summary['n']} | " + " | ".join(cell(summary.get(k)) for k in keys) + " |")
+    return "\n".join(lines)

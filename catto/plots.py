@@ -1,0 +1,91 @@
+"""Reliability diagrams and risk-coverage curves as PNG files (the `plots` extra: matplotlib)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .metrics import aurc, ece, reliability_bins, risk_coverage_curve
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; works without a display
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("Plots need matplotlib: `pip install 'catto[plots]'`.") from err
+    return plt
+
+
+def reliability_diagram(confidence: Sequence[float], correct: Sequence[bool], path: str | os.PathLike, *,
+                        n_bins: int = 15, binning: str = "equal_width", title: str = "") -> str:
+    """Accuracy vs confidence per bin, with gap bars to the diagonal and a bin-count histogram below; the ECE
+    (same bins) is in the title. Returns the path written.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = reliability_diagram([0.9, 0.8, 0.6, 0.3], [1, 0, 1, 0], os.path.join(tempfile.mkdtemp(), "r.png"))
+        >>> os.path.getsize(p) > 0
+        True
+    """
+    plt = _pyplot()
+    bins = reliability_bins(confidence, correct, n_bins=n_bins, binning=binning)
+    value = ece(confidence, correct, n_bins=n_bins, binning=binning)
+    lo, hi = bins.edges[:-1], bins.edges[1:]
+    centers, widths = (lo + hi) / 2, (hi - lo)
+    filled = bins.count > 0
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect calibration")
+    ax.bar(centers[filled], bins.accuracy[filled], width=widths[filled], color="tab:blue", edgecolor="black",
+           lw=0.5, label="accuracy")
+    gap_bottom = np.minimum(bins.accuracy, bins.mean_confidence)[filled]
+    gap = np.abs(bins.accuracy - bins.mean_confidence)[filled]
+    ax.bar(centers[filled], gap, bottom=gap_bottom, width=widths[filled], color="tab:red", alpha=0.35,
+           edgecolor="tab:red", hatch="//", lw=0.5, label="gap to mean confidence")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title + chr(10) if title else ''}ECE = {value:.4f} ({n_bins} {binning.replace('_', '-')} bins, "
+                 f"n = {int(bins.count.sum())})", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(centers, bins.count, width=widths, color="tab:gray", edgecolor="black", lw=0.5)
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence")
+    hist.set_ylabel("items")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def risk_coverage_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[bool]]], path: str | os.PathLike, *,
+                       title: str = "") -> str:
+    """Selective risk (error rate among the most confident) vs coverage, one line per method; AURC in the legend.
+
+    `curves` maps a label to `(confidence, correct)`. Returns the path written.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, (confidence, correct) in curves.items():
+        rc = risk_coverage_curve(confidence, correct)
+        ax.plot(rc.coverage, rc.risk, label=f"{label} (AURC {aurc(confidence, correct):.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("risk (error rate)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path) -> str:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)  # a half-written PNG never replaces a good one
+    return path
