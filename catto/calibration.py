@@ -66,8 +66,14 @@ def surrogate_target(margin: torch.Tensor, scale: float = 1.0, detach: bool = Tr
 
 
 def _log1mexp(log_p: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(log_p)) for log_p <= 0, stable at both ends and finite (with a finite gradient) at log_p = 0."""
-    log_p = log_p.clamp(max=-1e-7 if log_p.dtype == torch.float64 else -1e-6)
+    """log(1 - exp(log_p)) for log_p <= 0, stable at both ends and finite at log_p = 0.
+
+    The clamp away from 0 is straight-through: the value is that of the clamped input but the gradient still flows,
+    so a saturated confidence (c -> 1, common in fp32 once one logit leads by ~14 nats) keeps BCE's push *down*
+    instead of losing the (1 - z) log(1 - c) term's gradient.
+    """
+    eps = 1e-7 if log_p.dtype == torch.float64 else 1e-6
+    log_p = log_p - (log_p - log_p.clamp(max=-eps)).detach()
     return torch.where(log_p > -0.6931, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
 
 
@@ -150,10 +156,11 @@ def binned_calibration_counts(
     A confidence of exactly 1 falls in the last bin.
     """
     mask = mask.bool()
-    conf = confidence.detach()[mask].double()
-    corr = correct.detach()[mask].double()
+    dtype = torch.float32 if confidence.device.type == "mps" else torch.float64  # MPS has no float64
+    conf = confidence.detach()[mask].to(dtype)
+    corr = correct.detach()[mask].to(dtype)
     idx = (conf * n_bins).long().clamp(0, n_bins - 1)
-    out = torch.zeros(3, n_bins, dtype=torch.float64, device=conf.device)
+    out = torch.zeros(3, n_bins, dtype=dtype, device=conf.device)
     out[0].index_add_(0, idx, torch.ones_like(conf))
     out[1].index_add_(0, idx, conf)
     out[2].index_add_(0, idx, corr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
@@ -118,6 +119,19 @@ class CATTOConfig(DPOConfig):
             errors.append(f"`catto_ece_bins` must be an integer >= 1, got {self.catto_ece_bins!r}.")
         if errors:
             raise ValueError("Invalid CATTOConfig: " + " ".join(errors))
+
+    @classmethod
+    def from_dpo_config(cls, config: DPOConfig, **catto_kwargs) -> CATTOConfig:
+        """A `CATTOConfig` with every setting of an existing `DPOConfig` (secrets included) plus `catto_kwargs`.
+
+        Example:
+            >>> from trl import DPOConfig
+            >>> cfg = CATTOConfig.from_dpo_config(DPOConfig("out", beta=0.3, bf16=False), catto_alpha=0.2)
+            >>> cfg.beta, cfg.catto_alpha
+            (0.3, 0.2)
+        """
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+        return cls(**{**values, **catto_kwargs})
 
     @property
     def catto_enabled(self) -> bool:

@@ -321,7 +321,9 @@ def add_catto_head(
     Call it on the same module TRL patched (the base model under PEFT). `outputs` are TRL's per-token outputs the
     trainer asked TRL for; the fused path computes the same ones.
     """
-    if getattr(model, "_catto_head", False):
+    # A second trainer on the same model makes TRL wrap the current forward again; ours must then go on top once
+    # more (the older wrapper, called without `catto_stats`, just passes through).
+    if getattr(getattr(model.forward, "__func__", None), "_catto_wrapper", False):
         return
     trl_forward = model.forward
     logit_scale, softcap = logit_transform_from_config(model.config)
@@ -403,5 +405,5 @@ def add_catto_head(
             is_top1=is_top1, label_mask=mask, aux_loss=aux_loss, top_log_probs=top_logp, top_ids=top_ids,
         )
 
+    forward._catto_wrapper = True
     model.forward = types.MethodType(forward, model)
-    model._catto_head = True

@@ -55,6 +55,8 @@ class _PolicyCall:
         return self._model(*args, **kwargs)
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # our own attributes (and copy/pickle probes) never fall through
+            raise AttributeError(name)
         return getattr(self._model, name)
 
 
@@ -103,10 +105,12 @@ class CATTODPOTrainer(DPOTrainer):
             args = CATTOConfig(f"{str(name).split('/')[-1]}-CATTO")
         elif not isinstance(args, CATTOConfig):
             raise TypeError(
-                f"`args` must be a `CATTOConfig`, got `{type(args).__name__}`. Build it with the same arguments: "
-                "`CATTOConfig(**your_dpo_config.to_dict())` keeps every DPO setting and adds the catto_* defaults."
+                f"`args` must be a `CATTOConfig`, got `{type(args).__name__}`. "
+                "`CATTOConfig.from_dpo_config(your_dpo_config, catto_alpha=...)` keeps every DPO setting."
             )
         super().__init__(model, ref_model, args, *pargs, **kwargs)
+        # Per-mode sums behind the catto/* metrics, accumulated over the logging window (see `log`).
+        self._catto_sums = {"train": None, "eval": None}
         # Which pass computes the statistics: "fused" (with gradient, replaces TRL's LM-head kernel on the policy
         # pass), "detached" (TRL's pass untouched, statistics without gradient for the metrics), or none at all.
         if args.catto_enabled:
@@ -157,30 +161,40 @@ class CATTODPOTrainer(DPOTrainer):
         )
 
     def _log_catto_metrics(self, term, outputs, inputs) -> None:
+        """Accumulate this micro-batch's token counts, sums and ECE bin counts, gathered across processes.
+
+        Sums, not per-batch ratios: ECE is not additive and is biased upward on small samples, so `log` computes
+        every catto/* value once from the sums of the whole logging window (for eval: the whole eval set).
+        """
         if not self.args.catto_log_metrics:
             return
         mode = "train" if self.model.training else "eval"
         seq_len = term.mask.size(1)
-        max_prob = outputs.top_log_probs[:, -seq_len:, 0].detach().exp()
-        correct = (outputs.top_ids[:, -seq_len:, 0] == inputs["input_ids"][..., 1:]).double()
-        mask = term.mask
+        max_prob = outputs.top_log_probs[:, -seq_len:, 0].detach().float().exp()
+        correct = (outputs.top_ids[:, -seq_len:, 0] == inputs["input_ids"][..., 1:]).float()
+        mask = term.mask.float()
         sums = torch.stack([
-            mask.sum().double(),
-            (term.per_token_loss.detach().double() * mask).sum(),
-            (term.confidence.detach().double() * mask).sum(),
-            (term.target.detach().double() * mask).sum(),
+            mask.sum(),
+            (term.per_token_loss.detach().float() * mask).sum(),
+            (term.confidence.detach().float() * mask).sum(),
+            (term.target.detach().float() * mask).sum(),
             (correct * mask).sum(),
         ])
-        bins = binned_calibration_counts(max_prob, correct, mask, self.args.catto_ece_bins)
-        # One collective for everything; sums (not means) so ranks with different token counts weigh correctly.
-        packed = self.accelerator.gather(torch.cat([sums, bins.flatten()])[None]).sum(0).cpu()
-        sums, bins = packed[:5], packed[5:].view(3, -1)
-        n = sums[0].item()
-        metrics = self._metrics[mode]
-        if n == 0:
-            return
-        metrics["catto/calibration_loss"].append(sums[1].item() / n)
-        metrics["catto/confidence"].append(sums[2].item() / n)
-        metrics["catto/target"].append(sums[3].item() / n)
-        metrics["catto/token_accuracy"].append(sums[4].item() / n)
-        metrics["catto/token_ece"].append(ece_from_binned_counts(bins))
+        bins = binned_calibration_counts(max_prob, correct, term.mask, self.args.catto_ece_bins).to(sums)
+        # One collective per micro-batch, float32 on the device (MPS has no float64); accumulated in float64 on CPU.
+        packed = self.accelerator.gather(torch.cat([sums, bins.flatten()])[None]).sum(0).double().cpu()
+        running = self._catto_sums[mode]
+        self._catto_sums[mode] = packed if running is None else running + packed
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        packed = self._catto_sums.get(mode)
+        if packed is not None:
+            self._catto_sums[mode] = None
+            n = packed[0].item()
+            if n > 0:
+                metrics = self._metrics[mode]
+                for i, key in enumerate(("calibration_loss", "confidence", "target", "token_accuracy"), start=1):
+                    metrics[f"catto/{key}"] = [packed[i].item() / n]
+                metrics["catto/token_ece"] = [ece_from_binned_counts(packed[5:].view(3, -1))]
+        super().log(logs, start_time)

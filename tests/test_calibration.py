@@ -131,6 +131,14 @@ def test_saturated_confidence_is_finite(loss_form):
     assert torch.isfinite(loss) and torch.isfinite(log_c.grad).all()
 
 
+@pytest.mark.parametrize("log_c", [0.0, -1e-9, -5e-7, -1e-3])
+def test_bce_gradient_keeps_its_sign_when_confidence_saturates(log_c):
+    # Target below the confidence: descent must lower log c (dL/dlog c > 0), also where c rounds to 1.
+    x = torch.tensor([log_c], requires_grad=True)
+    per_token_calibration_loss(x, torch.tensor([0.01]), "bce").sum().backward()
+    assert x.grad.item() > 0
+
+
 def test_unknown_switch_values_name_the_allowed_ones():
     x = torch.zeros(3)
     with pytest.raises(ValueError, match=r"confidence.*\['max', 'label'\]"):

@@ -84,7 +84,8 @@ def test_total_minus_dpo_is_alpha_times_term(tmp_path, tokenizer, confidence, ma
     term = full_logits_term(make_model(seed=0), batch, confidence=confidence, margin=margin, scale=1.5,
                             detach=detach, loss_form=loss_form, sequences=sequences)
     assert (total - dpo_only).item() == pytest.approx(alpha * term.item(), abs=1e-5)
-    assert catto._metrics["train"]["catto/calibration_loss"][-1] == pytest.approx(term.item(), abs=1e-5)
+    catto.log({})
+    assert catto.state.log_history[-1]["catto/calibration_loss"] == pytest.approx(term.item(), abs=1e-5)
 
     # Gradients: the difference is alpha * grad(term), and it reaches every trainable parameter.
     total.backward()
@@ -109,7 +110,8 @@ def test_lora_term_comes_from_the_policy_pass(tmp_path, tokenizer):
     batch = first_batch(trainer)
     model.train()
     loss = trainer.compute_loss(model, batch)
-    logged = trainer._metrics["train"]["catto/calibration_loss"][-1]
+    trainer.log({})
+    logged = trainer.state.log_history[-1]["catto/calibration_loss"]
     with torch.no_grad():
         policy_term = full_logits_term(model, batch)
         with model.disable_adapter():
@@ -162,6 +164,40 @@ def test_eval_loop_logs_catto_metrics(tmp_path, tokenizer):
         assert f"eval_catto/{key}" in metrics
     # Eval does not train: the logged eval loss is DPO + alpha * term on the eval set.
     assert metrics["eval_loss"] > 0
+
+
+def test_eval_metrics_do_not_depend_on_the_eval_batch_size(tmp_path, tokenizer):
+    """catto/* eval values come from token sums over the whole eval set, not from means of per-batch ECEs."""
+    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=0.3, per_device_eval_batch_size=1,
+                    eval_dataset=preference_dataset(12, seed=5, noise=0.3))
+    trainer.train()
+    by_batch_size = {}
+    for bs in (1, 5, 12):
+        trainer.args.per_device_eval_batch_size = bs
+        by_batch_size[bs] = trainer.evaluate()
+    for key in ("eval_catto/token_ece", "eval_catto/confidence", "eval_catto/token_accuracy",
+                "eval_catto/calibration_loss"):
+        values = [m[key] for m in by_batch_size.values()]
+        assert max(values) - min(values) < 1e-6, (key, values)
+
+
+def test_two_trainers_on_the_same_model(tmp_path, tokenizer):
+    """TRL re-wraps the forward for a second trainer; catto's statistics must still reach the policy pass."""
+    model = make_model(seed=0)
+    for alpha in (0.0, 0.5):
+        args = CATTOConfig(output_dir=str(tmp_path / str(alpha)), **{**COMMON, "max_steps": 1}, catto_alpha=alpha)
+        trainer = CATTODPOTrainer(model=model, ref_model=make_model(seed=0), args=args,
+                                  train_dataset=preference_dataset(8), processing_class=tokenizer)
+        trainer.train()
+        assert "catto/token_ece" in trainer.state.log_history[0]
+
+
+def test_from_dpo_config_keeps_every_setting(tmp_path):
+    dpo = DPOConfig(output_dir=str(tmp_path), bf16=False, beta=0.3, loss_type=["sigmoid", "sft"],
+                    loss_weights=[1.0, 0.2], hub_token="secret", report_to=[])
+    cfg = CATTOConfig.from_dpo_config(dpo, catto_alpha=0.2)
+    assert (cfg.beta, cfg.loss_type, cfg.loss_weights, cfg.hub_token) == (0.3, ["sigmoid", "sft"], [1.0, 0.2], "secret")
+    assert cfg.catto_alpha == 0.2
 
 
 def test_rejects_a_plain_dpo_config(tmp_path, tokenizer):
