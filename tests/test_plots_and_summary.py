@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from catto.evaluation import format_table, padded_probability_matrix, summarize_results
+from catto.metrics import brier_score, ece, nll
+from catto.results import ItemResult
+
+
+def _results(n=200, seed=0, ragged=False):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        k = int(rng.integers(3, 6)) if ragged else 4
+        probs = rng.dirichlet(np.ones(k) * 0.5)
+        gold = int(rng.integers(k))
+        pred = int(probs.argmax())
+        out.append(ItemResult(id=f"q{i}", option_probs=probs.tolist(), prediction=pred, confidence=float(probs[pred]),
+                              gold=gold, correct=pred == gold))
+    return out
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_summary_matches_metrics_on_the_same_items(ragged):
+    results = _results(ragged=ragged)
+    summary = summarize_results(results, n_bins=10, n_resamples=200, seed=1)
+    conf = [r.confidence for r in results]
+    correct = [r.correct for r in results]
+    assert summary["ece"]["value"] == pytest.approx(ece(conf, correct, n_bins=10))
+    assert summary["ece"]["n_bins"] == 10 and summary["ece"]["binning"] == "equal_width"
+    lo, hi = summary["ece"]["ci"]
+    assert lo <= summary["ece"]["value"] <= hi
+    # Zero-padding ragged option lists changes neither the multiclass Brier score nor the NLL of an item.
+    per_item_brier = np.mean([sum((p - (j == r.gold)) ** 2 for j, p in enumerate(r.option_probs)) for r in results])
+    assert summary["brier"]["value"] == pytest.approx(per_item_brier)
+    assert summary["nll"]["value"] == pytest.approx(-np.mean([np.log(r.option_probs[r.gold]) for r in results]))
+    probs, labels = padded_probability_matrix(results)
+    assert brier_score(probs, labels) == pytest.approx(per_item_brier) and nll(probs, labels) > 0
+    assert summary["n_options"] == ([3, 4, 5] if ragged else [4])
+    assert "| data | n |" in format_table({"toy": summary})
+
+
+def test_summary_refuses_unlabelled_or_unanswered():
+    r = _results(3)
+    unlabelled = [ItemResult(x.id, x.option_probs, x.prediction, x.confidence, None, None) for x in r]
+    with pytest.raises(ValueError, match="labelled"):
+        summarize_results(unlabelled, n_resamples=0)
+    unanswered = [ItemResult(x.id, x.option_probs, None, x.confidence, x.gold, False) for x in r]
+    with pytest.raises(ValueError, match="no prediction"):
+        summarize_results(unanswered, n_resamples=0)
+
+
+def test_item_result_rejects_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        ItemResult("q", [0.5, float("nan")], 0, 0.5, 0, True)
+
+
+def test_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    from catto.plots import reliability_diagram, risk_coverage_plot
+
+    results = _results()
+    conf = [r.confidence for r in results]
+    correct = [r.correct for r in results]
+    rel = reliability_diagram(conf, correct, tmp_path / "rel.png", n_bins=10, title="toy")
+    rc = risk_coverage_plot({"toy": (conf, correct)}, tmp_path / "rc.png")
+    for path in (rel, rc):
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0  # a real, non-blank picture
+    assert not list(tmp_path.glob("*.tmp.png"))
