@@ -89,14 +89,26 @@ def run_eval(args: argparse.Namespace) -> dict:
                            chat_template=args.chat_template, num_fewshot=args.num_fewshot)
     datasets = {}
     for spec in args.data:  # load (and validate) every dataset before spending time on the model
-        items = load_mcqa(spec, split=args.split, limit=args.limit + args.num_fewshot if args.limit else None,
-                          seed=args.seed)
-        fewshot, items = items[: args.num_fewshot], items[args.num_fewshot:]
-        datasets[_dataset_name(spec)] = (spec, items, fewshot)
+        if args.fewshot_split:
+            fewshot = list(load_mcqa(spec, split=args.fewshot_split, seed=args.seed, on_invalid=args.on_invalid,
+                                     limit=args.num_fewshot or None))[: args.num_fewshot]
+            items = load_mcqa(spec, split=args.split, limit=args.limit, seed=args.seed, on_invalid=args.on_invalid)
+        else:  # demonstrations from the start of the evaluated split, which are then not evaluated
+            n = args.limit + args.num_fewshot if args.limit else None
+            items = load_mcqa(spec, split=args.split, limit=n, seed=args.seed, on_invalid=args.on_invalid)
+            fewshot = list(items[: args.num_fewshot])
+        skipped = [{"row": s.row, "id": s.id, "reason": s.reason} for s in getattr(items, "skipped", [])]
+        if skipped:
+            print(f"[catto eval] {spec}: skipped {len(skipped)} invalid row(s), e.g. {skipped[0]['reason']}",
+                  file=sys.stderr)
+        if len(fewshot) < args.num_fewshot:
+            raise SystemExit(f"catto eval: {spec} has only {len(fewshot)} items for {args.num_fewshot} demonstrations.")
+        eval_items = list(items) if args.fewshot_split else list(items[args.num_fewshot:])
+        datasets[_dataset_name(spec)] = (spec, eval_items, fewshot, skipped)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device,
                                                 gguf_file=args.gguf_file)
     summaries, report = {}, {}
-    for name, (spec, items, fewshot) in datasets.items():
+    for name, (spec, items, fewshot, skipped) in datasets.items():
         folder = os.path.join(args.out, name)
         results = score_items(model, tokenizer, items, config=config, fewshot=fewshot, batch_size=args.batch_size,
                               results_path=os.path.join(folder, "results.jsonl"), progress=not args.no_progress)
@@ -115,6 +127,7 @@ def run_eval(args: argparse.Namespace) -> dict:
                                                         os.path.join(folder, "risk_coverage.png"), title=name)
         summaries[name] = summary
         report[name] = {"spec": spec, "n_items": len(items), "fewshot_ids": [f.id for f in fewshot],
+                        "skipped_rows": skipped,
                         "results": os.path.join(folder, "results.jsonl"), "plots": plots, "metrics": summary}
     payload = {
         "catto_version": __version__,
@@ -158,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scoring", choices=["letter", "cloze"], default="letter")
     ev.add_argument("--cloze-normalization", choices=["sum", "token", "char"], default="char",
                     help="Which cloze log-likelihood the option probabilities use (default char = acc_norm).")
-    ev.add_argument("--num-fewshot", type=int, default=0, help="Demonstrations taken from the start of the data.")
+    ev.add_argument("--num-fewshot", type=int, default=0,
+                    help="k-shot demonstrations: the first k items of --fewshot-split, or of the evaluated split "
+                         "(then not evaluated).")
+    ev.add_argument("--fewshot-split", default=None, help="Split to take demonstrations from (e.g. dev).")
+    ev.add_argument("--on-invalid", choices=["skip", "raise"], default="skip",
+                    help="Rows the item validation rejects (duplicate or empty options, ...): skip them and record "
+                         "each with its reason in metrics.json (default), or stop with the error.")
     ev.add_argument("--chat-template", action="store_true", help="Wrap letter prompts in the chat template.")
     ev.add_argument("--limit", type=int, default=None, help="Score only the first N items of each dataset.")
     ev.add_argument("--batch-size", type=int, default=16)

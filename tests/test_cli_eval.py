@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from catto.cli import main
+from catto.results import ResultsFile
+from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-mcqa-model")
+    make_model(vocab_size=len(MCQA_VOCAB)).save_pretrained(path)
+    make_tokenizer(MCQA_VOCAB).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "mmlu.jsonl"
+    rows = [{"question": f"w{i} w{i + 1}", "choices": [f"w{i}", f"w{i + 2}", f"w{i + 3}", f"w{i + 4}"],
+             "answer": i % 4, "subject": "toy"} for i in range(20)]
+    rows.append({"question": "w1 w2", "choices": ["w5", "w5", "w6", "w7"], "answer": 0, "subject": "toy"})  # dup
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("scoring", ["letter", "cloze"])
+def test_catto_eval_writes_results_metrics_and_plots(tmp_path, model_dir, data_file, scoring, capsys):
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", model_dir, "--data", f"mmlu:{data_file}", "--scoring", scoring, "--out", str(out),
+            "--bootstrap", "50", "--batch-size", "4", "--no-progress", "--n-bins", "10", "--num-fewshot", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| data | n |" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    (name,) = metrics["datasets"]
+    entry = metrics["datasets"][name]
+    assert metrics["scoring"]["scoring"] == scoring and metrics["binning"] == {"n_bins": 10, "scheme": "equal_width"}
+    assert "softmax" in metrics["scoring"]["confidence"] and metrics["catto_version"]
+    assert entry["n_items"] == 18 and len(entry["fewshot_ids"]) == 2
+    assert len(entry["skipped_rows"]) == 1 and "same text" in entry["skipped_rows"][0]["reason"]
+    results = ResultsFile(out / name / "results.jsonl").results
+    assert len(results) == 18
+    acc = sum(r.correct for r in results.values()) / 18
+    assert entry["metrics"]["accuracy"]["value"] == pytest.approx(acc)
+    assert "ci" in entry["metrics"]["ece"] and entry["metrics"]["ece"]["n_bins"] == 10
+    assert (out / name / "reliability.png").stat().st_size > 0 and (out / name / "risk_coverage.png").exists()
+    # A second run finds every item scored and reproduces the metrics.
+    assert main(argv) == 0
+    again = json.loads((out / "metrics.json").read_text())["datasets"][name]["metrics"]
+    assert again["ece"]["value"] == entry["metrics"]["ece"]["value"]
+
+
+def test_catto_eval_names_a_model_that_cannot_load(tmp_path, data_file):
+    with pytest.raises(OSError, match="Could not load model"):
+        main(["eval", "--model", str(tmp_path / "missing"), "--data", f"mmlu:{data_file}", "--out", str(tmp_path)])
+
+
+def test_catto_eval_raise_mode_names_the_bad_row(tmp_path, model_dir, data_file):
+    from catto.data import MCQAValidationError
+
+    with pytest.raises(MCQAValidationError, match="same text"):
+        main(["eval", "--model", model_dir, "--data", f"mmlu:{data_file}", "--on-invalid", "raise",
+              "--out", str(tmp_path)])
