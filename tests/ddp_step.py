@@ -37,13 +37,13 @@ def main():
         with open(args.out, "w") as f:
             json.dump({"world_size": trainer.accelerator.num_processes, "log_history": trainer.state.log_history}, f)
     trainer.end()
+    # Leave before `trainer` is freed: destroying the DDP reducer can deadlock in PyTorch's gloo backend (its worker
+    # thread waits for the GIL to free a finished async allgather while the main thread, holding the GIL, joins it;
+    # seen with torch 2.13 on CPU, at random). Everything the test reads was written above.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
     main()
-    # Leave without interpreter teardown: destroying the DDP reducer at exit can deadlock in PyTorch's gloo backend
-    # (its worker thread waits for the GIL to free a finished async work while the main thread joins it; seen with
-    # torch 2.13 on CPU). Everything the test reads was written and flushed above.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
