@@ -182,56 +182,113 @@ def score_letter(model, tokenizer, items: Sequence[MCQAItem], *, config: Scoring
     return [results[i] for i in range(len(items))]
 
 
-@torch.no_grad()
-def score_cloze(model, tokenizer, items: Sequence[MCQAItem], *, config: ScoringConfig = ScoringConfig("cloze"),
-                batch_size: int = 32, progress: bool = True,
-                on_batch: Callable[[list[ItemResult]], None] | None = None) -> list[ItemResult]:
-    """Cloze scoring: log-likelihood of every option text; `batch_size` counts (item, option) sequences."""
-    device = _model_device(model)
-    fmt = config.cloze_format
-    requests = []  # (item index, option index, context+continuation ids, number of continuation tokens)
-    for i, item in enumerate(items):
+def _cloze_requests(tokenizer, items: Sequence[MCQAItem], fmt: ClozeFormat):
+    """Per item: the context token ids and each option's continuation token ids.
+
+    Like lm-eval's `_encode_pair`: the whole string is tokenized and split at the context's length, so merges across
+    the boundary are scored as the model would see them; if the context's tokens are not a prefix of the whole
+    (a merge across the boundary), the continuation is tokenized on its own after the context instead.
+    """
+    out = []
+    for item in items:
         context = fmt.context(item)
         ctx_ids = tokenizer(context)["input_ids"]
-        for j, continuation in enumerate(fmt.continuations(item)):
-            # Like lm-eval's `_encode_pair`: tokenize the whole string and split at the context's length, so merges
-            # across the boundary are scored as the model would see them. A whitespace-only context end moves over.
+        conts = []
+        for continuation in fmt.continuations(item):
             whole = tokenizer(context + continuation)["input_ids"]
-            n_cont = len(whole) - len(ctx_ids)
-            if n_cont < 1 or whole[: len(ctx_ids)] != ctx_ids:
-                whole = ctx_ids + tokenizer(continuation, add_special_tokens=False)["input_ids"]
-                n_cont = len(whole) - len(ctx_ids)
-            requests.append((i, j, whole, n_cont))
+            if len(whole) > len(ctx_ids) and whole[: len(ctx_ids)] == ctx_ids:
+                conts.append(whole[len(ctx_ids):])
+            else:
+                conts.append(tokenizer(continuation, add_special_tokens=False)["input_ids"])
+            if not conts[-1]:
+                raise ValueError(f"Item {item.id!r}: option {len(conts) - 1} tokenizes to nothing; cannot score it.")
+        out.append((ctx_ids, conts))
+    return out
+
+
+@torch.no_grad()
+def score_cloze(model, tokenizer, items: Sequence[MCQAItem], *, config: ScoringConfig = ScoringConfig("cloze"),
+                batch_size: int = 32, progress: bool = True, share_context: bool = True,
+                on_batch: Callable[[list[ItemResult]], None] | None = None) -> list[ItemResult]:
+    """Cloze scoring: log-likelihood of every option text; `batch_size` counts (item, option) sequences.
+
+    With `share_context` (default) each item's context runs through the model once and its KV cache is repeated
+    for the options, so only the short continuations are run K times (lm-eval runs context + option K times). Set
+    it to False for models whose cache cannot be reordered; both paths give the same numbers (tested).
+    """
+    device = _model_device(model)
+    requests = _cloze_requests(tokenizer, items, config.cloze_format)
     pad = _pad_id(tokenizer)
-    loglik = [[0.0] * len(item.choices) for item in items]
-    n_tokens = [[0] * len(item.choices) for item in items]
-    remaining = [len(item.choices) for item in items]
-    order = sorted(range(len(requests)), key=lambda r: len(requests[r][2]))
     results: dict[int, ItemResult] = {}
     bar = tqdm(total=len(items), desc="cloze scoring", unit="item", disable=not progress)
-    for idx in _batches(order, batch_size):
-        batch = [requests[r] for r in idx]
-        n_last = max(n for *_, n in batch)
-        ids, mask, pos = _left_padded([seq for _, _, seq, _ in batch], pad, device)
-        # Logits at position t predict token t + 1: keep the n_last + 1 last positions, drop the final prediction.
-        logits = _forward_last_logits(model, ids, mask, pos, n_last + 1)[:, :-1]
-        log_probs = logits.log_softmax(-1)
-        targets = ids[:, -n_last:]
-        token_lp = log_probs.gather(-1, targets[..., None])[..., 0]
-        done = []
-        for row, (i, j, _, n_cont) in enumerate(batch):
-            loglik[i][j] = float(token_lp[row, -n_cont:].sum())
-            n_tokens[i][j] = n_cont
-            remaining[i] -= 1
-            if remaining[i] == 0:
-                done.append(i)
-        batch_results = [_cloze_result(items[i], loglik[i], n_tokens[i], config) for i in done]
-        _emit(done, batch_results, results, on_batch, bar)
+    order = sorted(range(len(items)), key=lambda i: len(requests[i][0]))
+    batch: list[int] = []
+    for position, i in enumerate(order):  # items whose options together fill about `batch_size` sequences
+        batch.append(i)
+        n_sequences = sum(len(requests[j][1]) for j in batch)
+        if n_sequences >= batch_size or position == len(order) - 1:
+            score = _cloze_batch_shared if share_context else _cloze_batch_full
+            logliks = score(model, [requests[j] for j in batch], pad, device)
+            done = [_cloze_result(items[j], ll, [len(c) for c in requests[j][1]], config)
+                    for j, ll in zip(batch, logliks)]
+            _emit(batch, done, results, on_batch, bar)
+            batch = []
     bar.close()
     return [results[i] for i in range(len(items))]
 
 
+def _cloze_batch_full(model, requests, pad, device) -> list[list[float]]:
+    """Every (context + option) sequence run in full; the continuation log-probs read off the last positions."""
+    rows = [(r, ctx + cont, len(cont)) for r, (ctx, conts) in enumerate(requests) for cont in conts]
+    n_last = max(n for *_, n in rows)
+    ids, mask, pos = _left_padded([seq for _, seq, _ in rows], pad, device)
+    # Logits at position t predict token t + 1: keep the n_last + 1 last positions, drop the final prediction.
+    log_probs = _forward_last_logits(model, ids, mask, pos, n_last + 1)[:, :-1].log_softmax(-1)
+    token_lp = log_probs.gather(-1, ids[:, -n_last:, None])[..., 0]
+    out = [[] for _ in requests]
+    for row, (r, _, n) in enumerate(rows):
+        out[r].append(float(token_lp[row, -n:].sum()))
+    return out
+
+
+def _cloze_batch_shared(model, requests, pad, device) -> list[list[float]]:
+    """Contexts once (left-padded, KV cache kept), then all options on top of the repeated cache (right-padded)."""
+    ctx_ids, ctx_mask, ctx_pos = _left_padded([ctx for ctx, _ in requests], pad, device)
+    out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_pos, use_cache=True, logits_to_keep=1)
+    first_lp = out.logits[:, -1].float().log_softmax(-1)  # predicts each option's first token
+    owner = torch.tensor([r for r, (_, conts) in enumerate(requests) for _ in conts], device=device)
+    conts = [cont for _, cs in requests for cont in cs]
+    cache = out.past_key_values
+    cache.reorder_cache(owner)  # one copy of the item's context cache per option
+    width = max(len(c) for c in conts)
+    cont_ids = torch.full((len(conts), width), pad, dtype=torch.long)
+    cont_mask = torch.zeros((len(conts), width), dtype=torch.long)
+    for k, c in enumerate(conts):
+        cont_ids[k, : len(c)] = torch.tensor(c)
+        cont_mask[k, : len(c)] = 1
+    cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
+    n_ctx = ctx_mask.sum(-1)[owner]
+    positions = n_ctx[:, None] + torch.arange(width, device=device)[None]
+    mask = torch.cat([ctx_mask[owner], cont_mask], dim=1)
+    token_lp = first_lp[owner].gather(-1, cont_ids[:, :1])  # (R, 1)
+    if width > 1:
+        logits = model(input_ids=cont_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                       past_key_values=cache, use_cache=False).logits.float()
+        rest = logits.log_softmax(-1).gather(-1, cont_ids[:, 1:, None])[..., 0]
+        token_lp = torch.cat([token_lp, rest], dim=1)
+    if not torch.isfinite(first_lp).all() or not torch.isfinite(token_lp).all():
+        raise FloatingPointError(
+            "The model produced NaN/inf logits; check the dtype (fp16 overflows on some models; use bf16 or fp32)."
+        )
+    sums = (token_lp * cont_mask).sum(-1).tolist()
+    out_lists = [[] for _ in requests]
+    for k, r in enumerate(owner.tolist()):
+        out_lists[r].append(sums[k])
+    return out_lists
+
+
 def _cloze_result(item: MCQAItem, loglik: list[float], n_tokens: list[int], config: ScoringConfig) -> ItemResult:
+    """Option probabilities from the configured normalisation; all three kept in `extra`."""
     chars = [len(c) for c in item.choices]
     scores = {
         "sum": loglik,
@@ -266,7 +323,7 @@ def _emit(indices, batch_results, results, on_batch, bar) -> None:
 
 def score_items(model, tokenizer, items: Sequence[MCQAItem], *, config: ScoringConfig = ScoringConfig(),
                 fewshot: Sequence[MCQAItem] = (), batch_size: int = 16, results_path: str | os.PathLike | None = None,
-                progress: bool = True) -> list[ItemResult]:
+                progress: bool = True, share_context: bool = True) -> list[ItemResult]:
     """Score `items` in `config.scoring` mode; with `results_path`, append each batch to that JSONL and, on a
     re-run, skip the items it already holds (resume after an interruption).
 
@@ -291,7 +348,7 @@ def score_items(model, tokenizer, items: Sequence[MCQAItem], *, config: ScoringC
                              progress=progress, on_batch=on_batch)
     else:
         fresh = score_cloze(model, tokenizer, todo, config=config, batch_size=batch_size, progress=progress,
-                            on_batch=on_batch)
+                            on_batch=on_batch, share_context=share_context)
     if store is None:
         return fresh
     return store.ordered(ids)

@@ -71,12 +71,13 @@ def test_letter_scoring_equals_unbatched_forward(mcqa_tokenizer, arch, batch_siz
                 mcqa_tokenizer.convert_tokens_to_ids(letter) for letter in item.letters]].sum()), abs=1e-6)
 
 
+@pytest.mark.parametrize("share_context", [True, False])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("batch_size", [1, 5, 100])
-def test_cloze_scoring_equals_unbatched_forward(mcqa_tokenizer, arch, batch_size):
+def test_cloze_scoring_equals_unbatched_forward(mcqa_tokenizer, arch, batch_size, share_context):
     model, items = _model(arch), _items(seed=1)
     results = score_items(model, mcqa_tokenizer, items, config=ScoringConfig("cloze"), batch_size=batch_size,
-                          progress=False)
+                          progress=False, share_context=share_context)
     with torch.no_grad():
         for item, r in zip(items, results):
             ref = _reference_cloze(model, mcqa_tokenizer, item)
