@@ -36,12 +36,14 @@ def first_batch(trainer):
 
 def full_logits_term(model, batch, **kw):
     """The CATTO term from the model's own full logits and the reference implementation."""
+    model.to(batch["input_ids"].device)  # the trainer may have put the batch on an accelerator
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["input_ids"][:, 1:]
     mask = batch["completion_mask"][:, 1:].bool()
     if kw.pop("sequences", "both") == "chosen":
         mask[mask.size(0) // 2:] = False
-    loss, *_ = reference_term(logits[mask], labels[mask], torch.ones(int(mask.sum()), dtype=torch.bool), **kw)
+    everything = torch.ones(int(mask.sum()), dtype=torch.bool, device=logits.device)
+    loss, *_ = reference_term(logits[mask], labels[mask], everything, **kw)
     return loss
 
 
@@ -96,7 +98,7 @@ def test_total_minus_dpo_is_alpha_times_term(tmp_path, tokenizer, confidence, ma
     term.backward()
     for (name, p), q, r in zip(catto.model.named_parameters(), dpo.model.parameters(), ref_model.parameters()):
         diff = p.grad - q.grad
-        assert torch.allclose(diff, alpha * r.grad, atol=1e-5, rtol=1e-3), name
+        assert torch.allclose(diff, alpha * r.grad.to(diff.device), atol=1e-5, rtol=1e-3), name
         assert diff.abs().sum() > 0, f"the calibration term sends no gradient to {name}"
 
 
