@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import sys
@@ -115,7 +116,11 @@ def run_eval(args: argparse.Namespace) -> dict:
         summary = summarize_results(results, n_bins=args.n_bins, binning=args.binning,
                                     n_resamples=args.bootstrap, seed=args.seed)
         plots = {}
-        if not args.no_plots:
+        if not args.no_plots and importlib.util.find_spec("matplotlib") is None:
+            print("[catto eval] matplotlib is not installed (pip install 'catto[plots]'): no plots written.",
+                  file=sys.stderr)
+            plots = {"skipped": "matplotlib not installed"}
+        elif not args.no_plots:
             from .plots import reliability_diagram, risk_coverage_plot
 
             conf = [r.confidence for r in results]
