@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import tempfile
 
 import torch
 
 from catto import CATTOConfig, CATTODPOTrainer, chunked_calibration_stats
+from catto.results import write_json_atomic
 from catto.synthetic import make_model, make_tokenizer, preference_dataset
 
 
@@ -99,11 +99,7 @@ def main() -> int:
     ok = all(r["top1_id_agreement"] > 0.99 and r["rel_err_grad_weight"] < 2e-2 for r in report["fused_vs_full"])
     ok &= all(r["all_finite"] for r in report["train_bf16"].values())
     report["ok"] = ok
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, report)
     print(json.dumps(report, indent=2))
     return 0 if ok else 1
 

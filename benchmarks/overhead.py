@@ -59,7 +59,6 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,12 +71,13 @@ import transformers  # noqa: E402
 import trl  # noqa: E402
 import trl.trainer.utils as trl_utils  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 import catto  # noqa: E402
 from catto import CATTOConfig, CATTODPOTrainer  # noqa: E402
+from catto import synthetic  # noqa: E402
+from catto.results import write_json_atomic  # noqa: E402
 from catto.synthetic import SPECIAL, make_model  # noqa: E402
 
 METHODS = ("dpo", "catto", "dpo_compact")  # dpo_compact: opt-in control (--with-dpo-compact)
@@ -137,12 +137,7 @@ class BenchConfig:
 
 def make_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
     """Word-level tokenizer with exactly `vocab` entries: the specials of `catto.synthetic`, then "t0", "t1", ..."""
-    words = SPECIAL + [f"t{i}" for i in range(vocab - len(SPECIAL))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token=EOS, bos_token="<bos>", unk_token="<unk>"
-    )
+    return synthetic.make_tokenizer(SPECIAL + [f"t{i}" for i in range(vocab - len(SPECIAL))])
 
 
 def make_dataset(cfg: BenchConfig, n_rows: int) -> Dataset:
@@ -395,14 +390,6 @@ def machine_info() -> dict[str, Any]:
 def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "trl": trl.__version__, "transformers": transformers.__version__,
             "datasets": datasets.__version__, "catto": catto.__version__}
-
-
-def write_json_atomic(path: str, obj: dict[str, Any]) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 def ratios(report: dict[str, Any], baseline: str) -> dict[str, float | None]:

@@ -127,7 +127,7 @@ def main() -> int:
         report[f"catto_{mode}"] = entry
         print(f"catto {mode}: {entry['items_per_s']:.2f} items/s, acc {summary['accuracy']['value']:.3f}", flush=True)
     try:
-        import lm_eval  # noqa: F401
+        import lm_eval
     except ImportError:
         print("lm-eval is not installed in this Python; only catto's numbers were measured.", file=sys.stderr)
     else:
@@ -139,8 +139,6 @@ def main() -> int:
                 report[f"ratio_{mode}"] = report[f"catto_{mode}"]["items_per_s"] / report[f"lmeval_{mode}"]["items_per_s"]
                 print(f"lm-eval {mode}: {len(items) / elapsed:.2f} items/s {metrics}; catto/lm-eval "
                       f"throughput {report[f'ratio_{mode}']:.2f}x", flush=True)
-        import lm_eval
-
         report["lm_eval"] = getattr(lm_eval, "__version__", "unknown")
     write_json_atomic(args.out, report)
     print(json.dumps(report, indent=2))

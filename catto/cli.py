@@ -11,19 +11,10 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
 import os
 import sys
-import tempfile
 
-
-def _write_json_atomic(path: str, payload: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2)
-        tmp = f.name
-    os.replace(tmp, path)
+from .results import write_json_atomic
 
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -60,7 +51,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "runs": runs,
     }
-    _write_json_atomic(os.path.join(args.out, "demo_results.json"), result)
+    write_json_atomic(os.path.join(args.out, "demo_results.json"), result)
     cols = ("token_accuracy", "confidence", "token_ece", "calibration_loss")
     print("\n| run | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for name, m in runs.items():
@@ -147,7 +138,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         "split": args.split,
         "datasets": report,
     }
-    _write_json_atomic(os.path.join(args.out, "metrics.json"), payload)
+    write_json_atomic(os.path.join(args.out, "metrics.json"), payload)
     print(format_table(summaries))
     print(f"\nWrote {os.path.join(args.out, 'metrics.json')}")
     return payload

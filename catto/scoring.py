@@ -113,14 +113,18 @@ def _left_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch
     return ids.to(device), mask.to(device), positions.to(device)
 
 
+def _check_finite(*tensors: torch.Tensor) -> None:
+    if not all(torch.isfinite(t).all() for t in tensors):
+        raise FloatingPointError(
+            "The model produced NaN/inf logits; check the dtype (fp16 overflows on some models; use bf16 or fp32)."
+        )
+
+
 def _forward_last_logits(model, ids, mask, positions, n_last: int) -> torch.Tensor:
     """float32 logits of the last `n_last` positions, `(batch, n_last, vocab)`."""
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=n_last, use_cache=False)
     logits = out.logits[:, -n_last:].float()
-    if not torch.isfinite(logits).all():
-        raise FloatingPointError(
-            "The model produced NaN/inf logits; check the dtype (fp16 overflows on some models; use bf16 or fp32)."
-        )
+    _check_finite(logits)
     return logits
 
 
@@ -276,10 +280,7 @@ def _cloze_batch_shared(model, requests, pad, device) -> list[list[float]]:
                        past_key_values=cache, use_cache=False).logits.float()
         rest = logits.log_softmax(-1).gather(-1, cont_ids[:, 1:, None])[..., 0]
         token_lp = torch.cat([token_lp, rest], dim=1)
-    if not torch.isfinite(first_lp).all() or not torch.isfinite(token_lp).all():
-        raise FloatingPointError(
-            "The model produced NaN/inf logits; check the dtype (fp16 overflows on some models; use bf16 or fp32)."
-        )
+    _check_finite(first_lp, token_lp)
     sums = (token_lp * cont_mask).sum(-1).tolist()
     out_lists = [[] for _ in requests]
     for k, r in enumerate(owner.tolist()):
