@@ -24,8 +24,9 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", devic
     folder (transformers de-quantises it; needs the `gguf` package). Any failure to load is re-raised as an
     `OSError` naming the model and the usual fixes.
 
-    Example:
-        >>> model, tok = load_model_and_tokenizer("Qwen/Qwen3-0.6B", dtype="bfloat16")  # doctest: +SKIP
+    Example (needs the hub or a local copy)::
+
+        model, tok = load_model_and_tokenizer("Qwen/Qwen3-0.6B", dtype="bfloat16")
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
