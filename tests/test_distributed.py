@@ -23,11 +23,20 @@ def _run(cmd, out):
         return json.load(f)
 
 
+LAUNCHERS = {
+    "torchrun": lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "--master_port", str(port)],
+    "accelerate": lambda port: [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                                os.path.join(HERE, "..", "accelerate_configs", "multi_cpu.yaml"),
+                                "--num_processes", "2", "--main_process_port", str(port)],
+}
+
+
 @pytest.mark.distributed
-def test_two_process_ddp_equals_one_process_with_accumulation(tmp_path):
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_process_ddp_equals_one_process_with_accumulation(tmp_path, launcher):
     script = os.path.join(HERE, "ddp_step.py")
-    ddp = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(_free_port()), script, str(tmp_path / "ddp.json"), "--batch", "2", "--ga", "1"],
+    ddp = _run([*LAUNCHERS[launcher](_free_port()), script, str(tmp_path / "ddp.json"), "--batch", "2", "--ga", "1"],
                tmp_path / "ddp.json")
     single = _run([sys.executable, script, str(tmp_path / "ga.json"), "--batch", "2", "--ga", "2"],
                   tmp_path / "ga.json")
