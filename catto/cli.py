@@ -61,10 +61,14 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 
 def _dataset_name(spec: str) -> str:
-    """A folder-safe name for a data spec (`arc_easy`, `mmlu:/path/to/csvs` -> `mmlu-csvs`)."""
+    """A folder-safe name for a data spec (`arc_easy`; `mmlu:/data/csvs` -> `mmlu-csvs`; `race:/data/race` -> `race`).
+
+    >>> _dataset_name("mmlu:/data/csvs"), _dataset_name("race:/data/race"), _dataset_name("arc_easy")
+    ('mmlu-csvs', 'race', 'arc_easy')
+    """
     name, _, path = spec.partition(":")
-    tail = os.path.basename(os.path.normpath(path)) if path else ""
-    raw = f"{name}-{tail}" if tail else name
+    tail = os.path.splitext(os.path.basename(os.path.normpath(path)))[0] if path else ""
+    raw = f"{name}-{tail}" if tail and tail != name else name
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
     return safe.strip("-") or "data"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import brier_score, calibration_summary, nll
+from .metrics import bootstrap_ci, brier_score, calibration_summary, nll
 from .results import ItemResult
 
 
@@ -46,8 +46,12 @@ def summarize_results(results: Sequence[ItemResult], *, n_bins: int = 15, binnin
         conf = np.array([r.confidence for r in labelled])
         correct = np.array([bool(r.correct) for r in labelled])
         summary = calibration_summary(conf, correct, **kwargs)
-        summary["brier"] = {"value": brier_score(probs, labels), "form": "multiclass", "padding": "zero columns"}
-        summary["nll"] = {"value": nll(probs, labels), "padding": "zero columns"}
+        for key, fn, scheme in (("brier", brier_score, {"form": "multiclass"}), ("nll", nll, {})):
+            entry = {"value": fn(probs, labels), **scheme, "padding": "zero columns"}
+            if n_resamples > 0:  # same seed, hence the same resamples as the other metrics' intervals
+                _, low, high = bootstrap_ci(fn, probs, labels, n_resamples=n_resamples, seed=seed)
+                entry.update(ci=[low, high], ci_level=0.95, n_resamples=n_resamples, seed=seed)
+            summary[key] = entry
     summary["n_options"] = sorted(n_options)
     return summary
 

@@ -32,6 +32,7 @@ def test_summary_matches_metrics_on_the_same_items(ragged):
     # Zero-padding ragged option lists changes neither the multiclass Brier score nor the NLL of an item.
     per_item_brier = np.mean([sum((p - (j == r.gold)) ** 2 for j, p in enumerate(r.option_probs)) for r in results])
     assert summary["brier"]["value"] == pytest.approx(per_item_brier)
+    assert summary["brier"]["ci"][0] <= summary["brier"]["value"] <= summary["brier"]["ci"][1]
     assert summary["nll"]["value"] == pytest.approx(-np.mean([np.log(r.option_probs[r.gold]) for r in results]))
     probs, labels = padded_probability_matrix(results)
     assert brier_score(probs, labels) == pytest.approx(per_item_brier) and nll(probs, labels) > 0
