@@ -1,0 +1,90 @@
+"""The evaluator interface: registration, safetensors + JSON round trip, label checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from catto.data.items import MCQAItem
+from catto.evaluators import (
+    EVALUATORS,
+    Evaluator,
+    EvaluatorConfig,
+    load_evaluator,
+    register_evaluator,
+)
+from catto.results import ItemResult
+
+
+@dataclasses.dataclass
+class _ShiftConfig(EvaluatorConfig):
+    shift: float = dataclasses.field(default=0.0, metadata={"help": "added to the first option's logit"})
+
+
+@register_evaluator
+class _ShiftEvaluator(Evaluator):
+    """Predicts softmax(w + shift) for a learned per-option vector w (a toy with tensor and JSON state)."""
+
+    name = "_test_shift"
+    config_class = _ShiftConfig
+    needs_labels = True
+
+    def fit(self, model, tokenizer, items):
+        super().fit(model, tokenizer, items)
+        self.w = torch.tensor([float(sum(it.gold == k for it in items)) for k in range(4)])
+        self.n_fit = len(items)
+        return self
+
+    def evaluate(self, model, tokenizer, items):
+        w = self.w.clone()
+        w[0] += self.config.shift
+        p = torch.softmax(w, 0)
+        pred = int(p.argmax())
+        return [ItemResult(it.id, p.tolist(), pred, float(p[pred]), it.gold, pred == it.gold) for it in items]
+
+    def state_tensors(self):
+        return {"w": self.w}
+
+    def state_json(self):
+        return {"n_fit": self.n_fit}
+
+    def load_state(self, tensors, state):
+        self.w, self.n_fit = tensors["w"], state["n_fit"]
+
+
+def _items(golds):
+    return [MCQAItem(id=f"q{i}", question="?", choices=["a", "b", "c", "d"], gold=g) for i, g in enumerate(golds)]
+
+
+def test_round_trip_is_identical(tmp_path):
+    ev = _ShiftEvaluator(shift=0.5).fit(None, None, _items([1, 1, 2, 3]))
+    before = ev.evaluate(None, None, _items([1, 0]))
+    ev.save(tmp_path / "ev")
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["evaluator.json", "state.safetensors"]
+    loaded = load_evaluator(tmp_path / "ev")
+    assert isinstance(loaded, _ShiftEvaluator) and loaded.fitted and loaded.config.shift == 0.5
+    assert [r.option_probs for r in loaded.evaluate(None, None, _items([1, 0]))] == [r.option_probs for r in before]
+    assert loaded.describe()["n_fit"] == 4
+    assert "_test_shift" in EVALUATORS
+
+
+def test_fit_without_labels_names_the_items():
+    items = _items([1, 2])
+    items[1] = MCQAItem(id="nolabel", question="?", choices=["a", "b"], gold=None)
+    with pytest.raises(ValueError, match="nolabel"):
+        _ShiftEvaluator().fit(None, None, items)
+
+
+def test_bad_folder_and_unknown_method(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved catto evaluator"):
+        load_evaluator(tmp_path)
+    (tmp_path / "evaluator.json").write_text('{"method": "nope", "config": {}}')
+    with pytest.raises(ValueError, match="unknown evaluator 'nope'"):
+        load_evaluator(tmp_path)
+
+
+def test_config_or_kwargs_not_both():
+    with pytest.raises(TypeError, match="not both"):
+        _ShiftEvaluator(_ShiftConfig(), shift=1.0)
