@@ -191,10 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-plots", action="store_true")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=run_eval)
+
+    # `catto train` forwards its arguments untouched to catto.train.launch (see main); this entry is for --help.
+    sub.add_parser("train", add_help=False,
+                   help="DPO/CATTO training from a recipe YAML under accelerate launch (catto train --help).")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # recipe keys and launcher flags are parsed by catto.train, not argparse here
+        from .train import launch
+
+        return launch(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo" and args.alpha <= 0:
         print("catto demo: --alpha must be > 0 (the DPO baseline run uses 0).", file=sys.stderr)
