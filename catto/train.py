@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CATTOConfig
+from .data.items import MCQAValidationError
 
 LAUNCH_FLAGS = ("--accelerate_config", "--num_processes", "--main_process_port", "--gpu_ids")
 
@@ -89,6 +90,11 @@ class CATTOScriptArguments:
         default="equal_width", metadata={"help": "'equal_width' or 'equal_mass' ECE bins."})
 
     def __post_init__(self) -> None:
+        # A recipe value can be unset from the command line with `--KEY none` (argparse gives strings).
+        for name in ("dataset_name", "dataset_config", "dataset_test_split", "mcqa_data", "mcqa_eval_split",
+                     "calibration_eval_data", "calibration_eval_split"):
+            if isinstance(getattr(self, name), str) and getattr(self, name).strip().lower() in ("none", "null", ""):
+                setattr(self, name, None)
         if (self.dataset_name is None) == (self.mcqa_data is None):
             raise RecipeError("Set exactly one of `dataset_name` (a preference dataset) and `mcqa_data` (MCQA items "
                               f"turned into pairs); got dataset_name={self.dataset_name!r}, "
@@ -346,7 +352,7 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     try:
         trainer = main(script_args, training_args, model_args)
-    except RecipeError as err:
+    except (RecipeError, MCQAValidationError) as err:
         print(f"catto train: {err}", file=sys.stderr)
         return 2
     distributed_cpu = trainer.accelerator.num_processes > 1 and trainer.accelerator.device.type == "cpu"
