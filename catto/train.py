@@ -67,6 +67,10 @@ class CATTOScriptArguments:
         default="random", metadata={"help": "'random' (one wrong option per item) or 'all' (one pair per wrong option)."})
     mcqa_conversational: bool = field(
         default=False, metadata={"help": "Build chat-message pairs (for instruct models with a chat template)."})
+    mcqa_on_invalid: str = field(
+        default="skip",
+        metadata={"help": "MCQA rows that fail validation (no gold label, duplicate options, ...): 'skip' them with a "
+                          "warning that counts them and gives the first reason, or 'raise' on the first one."})
     mcqa_seed: int = field(default=0, metadata={"help": "Seed of the rejected-option draw and option shuffles."})
     calibration_eval_data: str | None = field(
         default=None,
@@ -99,7 +103,7 @@ class CATTOScriptArguments:
             raise RecipeError("Set exactly one of `dataset_name` (a preference dataset) and `mcqa_data` (MCQA items "
                               f"turned into pairs); got dataset_name={self.dataset_name!r}, "
                               f"mcqa_data={self.mcqa_data!r}.")
-        choices = {"mcqa_prompt_format": ("cloze", "letter"), "mcqa_rejected": ("random", "all"),
+        choices = {"mcqa_prompt_format": ("cloze", "letter"), "mcqa_on_invalid": ("skip", "raise"), "mcqa_rejected": ("random", "all"),
                    "calibration_eval_scoring": ("letter", "cloze"),
                    "calibration_eval_binning": ("equal_width", "equal_mass")}
         for name, allowed in choices.items():
@@ -263,7 +267,15 @@ def load_preference_data(script_args, training_args):
 
         def pairs(split):
             items = load_mcqa(script_args.mcqa_data, split=split, limit=script_args.mcqa_limit,
-                              seed=script_args.mcqa_seed)
+                              seed=script_args.mcqa_seed, on_invalid=script_args.mcqa_on_invalid)
+            skipped = getattr(items, "skipped", [])
+            where = f"mcqa_data {script_args.mcqa_data!r} (split {split!r})"
+            if not items:
+                reason = f"; e.g. {skipped[0].reason}" if skipped else ""
+                raise RecipeError(f"{where} has no valid items ({len(skipped)} row(s) skipped{reason}).")
+            if skipped:
+                print(f"[catto train] {where}: skipped {len(skipped)} invalid row(s) of {len(items) + len(skipped)}, "
+                      f"e.g. {skipped[0].reason}", file=sys.stderr)
             return mcqa_to_preference(items, prompt_format=script_args.mcqa_prompt_format,
                                       rejected=script_args.mcqa_rejected,
                                       conversational=script_args.mcqa_conversational, seed=script_args.mcqa_seed)
