@@ -225,3 +225,17 @@ def test_launch_line(workspace):
         catto_train.build_launch_command(["--config", str(workspace / "recipe.yaml"), "--accelerate_config", "zero9"])
     with pytest.raises(catto_train.RecipeError, match="'max_stepz'"):  # checked before anything is launched
         catto_train.build_launch_command(["--config", str(workspace / "recipe.yaml"), "--max_stepz", "3"])
+
+
+def test_lora_from_model_config(workspace):
+    """ModelConfig's LoRA flags reach the trainer: only the adapter is trained and saved."""
+    out = workspace / "lora"
+    _run([sys.executable, "-m", "catto.train", "--config", "recipe.yaml", "--output_dir", str(out), "--max_steps", "2",
+          "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
+          "--learning_rate", "0.05", "--calibration_eval_data", "none"], workspace)
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    assert {k.split(".")[-2] for k in adapter} == {"lora_A", "lora_B"}
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero: it was trained
+    assert not (out / "model.safetensors").exists()
+    assert "catto/calibration_loss" in _train_logs(_history(out))[0]
