@@ -25,26 +25,26 @@ def padded_probability_matrix(results: Sequence[ItemResult]) -> tuple[np.ndarray
 
 def summarize_results(results: Sequence[ItemResult], *, n_bins: int = 15, binning: str = "equal_width",
                       n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Accuracy and calibration of labelled `results` (answered, non-abstained items count as predictions).
+    """Accuracy and calibration of labelled `results`.
 
-    With the same number of options for every item the (N, K) matrix is summarised (adding multiclass Brier, NLL and
-    class-wise ECE); with ragged option counts the top-label metrics come from confidences and the multiclass Brier
-    and NLL from the zero-padded matrix.
+    With the same number of options for every item, and every item answered, the (N, K) matrix is summarised (adding
+    multiclass Brier, NLL and class-wise ECE). With ragged option counts, or items without an answer (a generation
+    that could not be parsed: it counts as wrong, at the confidence its method gave it), the top-label metrics come
+    from (confidence, correct) and the multiclass Brier and NLL from the zero-padded matrix. Abstention is not
+    applied here: the metrics are those of the full set; methods report their selective scores themselves.
     """
     labelled = [r for r in results if r.gold is not None]
     if not labelled:
         raise ValueError("No labelled results to summarise: metrics need gold labels.")
-    unanswered = [r.id for r in labelled if r.prediction is None]
-    if unanswered:
-        raise ValueError(f"{len(unanswered)} item(s) have no prediction (e.g. {unanswered[:3]}); score them first.")
+    n_unanswered = sum(r.prediction is None for r in labelled)
     n_options = {len(r.option_probs) for r in labelled}
     probs, labels = padded_probability_matrix(labelled)
     kwargs = dict(n_bins=n_bins, binning=binning, n_resamples=n_resamples, seed=seed)
-    if len(n_options) == 1:
+    if len(n_options) == 1 and not n_unanswered:
         summary = calibration_summary(probs, labels, **kwargs)
     else:
         conf = np.array([r.confidence for r in labelled])
-        correct = np.array([bool(r.correct) for r in labelled])
+        correct = np.array([r.prediction is not None and bool(r.correct) for r in labelled])
         summary = calibration_summary(conf, correct, **kwargs)
         for key, fn, scheme in (("brier", brier_score, {"form": "multiclass"}), ("nll", nll, {})):
             entry = {"value": fn(probs, labels), **scheme, "padding": "zero columns"}
@@ -53,6 +53,7 @@ def summarize_results(results: Sequence[ItemResult], *, n_bins: int = 15, binnin
                 entry.update(ci=[low, high], ci_level=0.95, n_resamples=n_resamples, seed=seed)
             summary[key] = entry
     summary["n_options"] = sorted(n_options)
+    summary["n_unanswered"] = n_unanswered
     return summary
 
 

@@ -40,14 +40,25 @@ def test_summary_matches_metrics_on_the_same_items(ragged):
     assert "| data | n |" in format_table({"toy": summary})
 
 
-def test_summary_refuses_unlabelled_or_unanswered():
+def test_summary_refuses_unlabelled():
     r = _results(3)
     unlabelled = [ItemResult(x.id, x.option_probs, x.prediction, x.confidence, None, None) for x in r]
     with pytest.raises(ValueError, match="labelled"):
         summarize_results(unlabelled, n_resamples=0)
-    unanswered = [ItemResult(x.id, x.option_probs, None, x.confidence, x.gold, False) for x in r]
-    with pytest.raises(ValueError, match="no prediction"):
-        summarize_results(unanswered, n_resamples=0)
+
+
+def test_unanswered_items_count_as_wrong_at_their_confidence():
+    results = _results(100, seed=3)
+    # Every third item's generation could not be parsed: no prediction, confidence 0 (the MSP paper's convention).
+    mixed = [ItemResult(r.id, r.option_probs, None, 0.0, r.gold, False) if i % 3 == 0 else r
+             for i, r in enumerate(results)]
+    summary = summarize_results(mixed, n_bins=10, n_resamples=0)
+    conf = [r.confidence for r in mixed]
+    correct = [r.prediction is not None and r.correct for r in mixed]
+    assert summary["n_unanswered"] == 34
+    assert summary["accuracy"]["value"] == pytest.approx(np.mean(correct))
+    assert summary["ece"]["value"] == pytest.approx(ece(conf, correct, n_bins=10))
+    assert summarize_results(results, n_resamples=0)["n_unanswered"] == 0
 
 
 def test_item_result_rejects_nan():

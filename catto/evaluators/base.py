@@ -87,6 +87,11 @@ class Evaluator(ABC):
     def evaluate(self, model, tokenizer, items: Sequence[MCQAItem]) -> list[ItemResult]:
         """One `ItemResult` per item, in order."""
 
+    def summarize(self, results: Sequence[ItemResult]) -> dict[str, Any]:
+        """Method-specific corpus-level numbers (e.g. abstention scores) reported next to the shared metrics; the
+        default has none. Only labelled results are passed."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What produced the numbers: method name, config and any fitted scalars. Recorded next to results."""
         return {"method": self.name, "config": self.config.to_dict(), "fitted": self.fitted, **self.state_json()}

@@ -1,0 +1,88 @@
+"""`catto eval --method NAME` for registered evaluators: options from the config, the three fit sources."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from catto.cli import build_parser, main
+from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+
+from test_evaluator_base import _ShiftEvaluator  # noqa: F401  (registers "_test_shift")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_model(vocab_size=len(MCQA_VOCAB)).save_pretrained(path)
+    make_tokenizer(MCQA_VOCAB).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    paths = []
+    for name, offset in (("a", 0), ("b", 1)):
+        rows = [{"question": f"w{i} w{i + 1}", "choices": [f"w{i}", f"w{i + 2}", f"w{i + 3}", f"w{i + 4}"],
+                 "answer": (i + offset) % 4 if i % 3 else 1, "subject": "toy"} for i in range(12)]
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(f"mmlu:{path}")
+    return paths
+
+
+def _base(model_dir, data_files, out):
+    return ["eval", "--method", "_test_shift", "--model", model_dir, "--data", data_files[0], "--data", data_files[1],
+            "--out", str(out), "--bootstrap", "20", "--no-progress", "--no-plots"]
+
+
+def test_config_fields_become_options():
+    help_text = build_parser("_test_shift")._subparsers._group_actions[0].choices["eval"].format_help()
+    assert "--shift" in help_text and "added to the first option's logit" in help_text and "--fit-first" in help_text
+    args = build_parser("_test_shift").parse_args(["eval", "--method", "_test_shift", "--model", "m", "--data", "d",
+                                                   "--out", "o", "--shift", "2.5"])
+    assert args.shift == 2.5 and args.func.__module__ == "catto.evaluators.cli"
+
+
+def test_fit_first_fits_per_dataset_and_load_reproduces(tmp_path, model_dir, data_files):
+    out = tmp_path / "fit_first"
+    assert main(_base(model_dir, data_files, out) + ["--fit-first", "6", "--shift", "0.25"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "_test_shift" and metrics["fit"]["first"] == 6
+    names = list(metrics["datasets"])
+    first = metrics["datasets"][names[0]]
+    assert first["n_items"] == 6 and len(first["fit_ids"]) == 6 and first["evaluator"]["config"]["shift"] == 0.25
+    assert first["evaluator"]["n_fit"] == 6
+    lines = (out / names[0] / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and {json.loads(x)["id"] for x in lines}.isdisjoint(first["fit_ids"])
+    # The saved per-dataset evaluator, loaded, gives the same numbers on the same items.
+    again = tmp_path / "loaded"
+    argv = ["eval", "--method", "_test_shift", "--model", model_dir, "--data", data_files[0], "--out", str(again),
+            "--bootstrap", "20", "--no-progress", "--no-plots", "--load-evaluator", str(out / names[0] / "evaluator")]
+    assert main(argv) == 0
+    loaded = json.loads((again / "metrics.json").read_text())["datasets"][names[0]]
+    assert loaded["n_items"] == 12  # nothing held out for fitting
+    assert json.loads((again / names[0] / "results.jsonl").read_text().splitlines()[-1])["option_probs"] == \
+        json.loads(lines[-1])["option_probs"]
+
+
+def test_fit_data_fits_once_for_all(tmp_path, model_dir, data_files):
+    out = tmp_path / "transfer"
+    assert main(_base(model_dir, data_files, out) + ["--fit-data", data_files[1], "--fit-limit", "9"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "evaluator" / "evaluator.json").exists()
+    assert all(d["evaluator"]["n_fit"] == 9 and d["n_items"] == 12 for d in metrics["datasets"].values())
+
+
+def test_labelled_method_without_fit_source_says_how(tmp_path, model_dir, data_files):
+    with pytest.raises(SystemExit, match="--fit-first N"):
+        main(_base(model_dir, data_files, tmp_path / "x"))
+    with pytest.raises(SystemExit, match="at most one"):
+        main(_base(model_dir, data_files, tmp_path / "x") + ["--fit-first", "2", "--fit-data", data_files[0]])
+
+
+def test_unknown_method_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="Unknown evaluator 'nope'"):
+        main(["eval", "--method", "nope", "--model", "m", "--data", "d", "--out", str(tmp_path)])
