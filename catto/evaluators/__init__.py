@@ -14,12 +14,17 @@ from .base import (
 )
 
 # Modules that define built-in evaluators; each registers its classes on import. Add new methods here.
-BUILTIN_MODULES: tuple[str, ...] = ()
+BUILTIN_MODULES: tuple[str, ...] = ("temperature", "msp", "coral", "secl")
 
 
 def _import_all() -> None:
     for module in BUILTIN_MODULES:
-        importlib.import_module(f"{__name__}.{module}")
+        name = f"{__name__}.{module}"
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:  # WIP-TOLERANCE: removed once every module exists
+            if err.name != name:
+                raise
 
 
 def get_evaluator_class(name: str) -> type[Evaluator]:
