@@ -33,12 +33,18 @@ def reliability_diagram(confidence: Sequence[float], correct: Sequence[bool], pa
         True
     """
     plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    _draw_reliability(ax, hist, confidence, correct, n_bins=n_bins, binning=binning, title=title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _draw_reliability(ax, hist, confidence, correct, *, n_bins: int, binning: str, title: str) -> None:
     bins = reliability_bins(confidence, correct, n_bins=n_bins, binning=binning)
     value = ece(confidence, correct, n_bins=n_bins, binning=binning)
     lo, hi = bins.edges[:-1], bins.edges[1:]
     centers, widths = (lo + hi) / 2, (hi - lo)
     filled = bins.count > 0
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect calibration")
     ax.bar(centers[filled], bins.accuracy[filled], width=widths[filled], color="tab:blue", edgecolor="black",
            lw=0.5, label="accuracy")
@@ -55,6 +61,29 @@ def reliability_diagram(confidence: Sequence[float], correct: Sequence[bool], pa
     hist.set_xlim(0, 1)
     hist.set_xlabel("confidence")
     hist.set_ylabel("items")
+
+
+def reliability_diagrams(curves: Mapping[str, tuple[Sequence[float], Sequence[bool]]], path: str | os.PathLike, *,
+                         n_bins: int = 15, binning: str = "equal_width", title: str = "") -> str:
+    """Reliability diagrams side by side, one panel per `{label: (confidence, correct)}` (same bins, same axes), in
+    one PNG: the figure for comparing methods or models on the same items. Returns the path written.
+
+    Example:
+        >>> import tempfile, os
+        >>> curves = {"dpo": ([0.9, 0.8, 0.6], [1, 0, 1]), "catto": ([0.7, 0.6, 0.6], [1, 0, 1])}
+        >>> os.path.getsize(reliability_diagrams(curves, os.path.join(tempfile.mkdtemp(), "r.png"))) > 0
+        True
+    """
+    if not curves:
+        raise ValueError("reliability_diagrams needs at least one (confidence, correct) curve.")
+    plt = _pyplot()
+    n = len(curves)
+    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 5.6), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]})
+    for i, (label, (confidence, correct)) in enumerate(curves.items()):
+        _draw_reliability(axes[0, i], axes[1, i], confidence, correct, n_bins=n_bins, binning=binning, title=label)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, plt, path)
 

