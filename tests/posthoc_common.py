@@ -1,0 +1,34 @@
+"""Shared fixtures of the post-hoc evaluator tests (tiny random model, toy MCQA items, a saved model folder)."""
+
+from __future__ import annotations
+
+import json
+
+from catto.data import MCQAItem
+from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+
+
+def tiny_model_and_tokenizer(seed: int = 0):
+    return make_model(vocab_size=len(MCQA_VOCAB), seed=seed).eval(), make_tokenizer(MCQA_VOCAB)
+
+
+def toy_items(n: int = 16, offset: int = 0, prefix: str = "q") -> list[MCQAItem]:
+    """Four-option items over the tiny vocabulary, golds spread over the options."""
+    return [MCQAItem(f"{prefix}{i}", f"w{i % 30} w{(i + 1) % 30}",
+                     (f"w{i % 30}", f"w{(i + 2) % 30}", f"w{(i + 3) % 30} w{(i + 5) % 30}", f"w{(i + 4) % 30}"),
+                     gold=(i * 7 + offset) % 4, subject="toy") for i in range(n)]
+
+
+def write_dataset(path, n: int, offset: int = 0) -> str:
+    """A JSONL of toy items readable as `mmlu:<path>`; returns the spec."""
+    rows = [{"question": it.question, "choices": list(it.choices), "answer": it.gold, "subject": "toy"}
+            for it in toy_items(n, offset)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"mmlu:{path}"
+
+
+def save_tiny_model(folder) -> str:
+    model, tok = tiny_model_and_tokenizer()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
