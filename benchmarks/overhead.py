@@ -77,11 +77,21 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 import catto  # noqa: E402
 from catto import CATTOConfig, CATTODPOTrainer  # noqa: E402
 from catto import synthetic  # noqa: E402
+from catto.data import load_mcqa  # noqa: E402
+from catto.data.pairs import mcqa_to_preference  # noqa: E402
+from catto.modeling import load_model_and_tokenizer  # noqa: E402
 from catto.results import write_json_atomic  # noqa: E402
 from catto.synthetic import SPECIAL, make_model  # noqa: E402
 
 METHODS = ("dpo", "catto", "dpo_compact")  # dpo_compact: opt-in control (--with-dpo-compact)
 EOS = "<eos>"
+
+# The CPU demo (recipes/demo/catto.yaml and its twin dpo.yaml), used with --model: its data, LoRA and catto settings.
+DEMO_DATA = "commonsense_qa:/work/shared/data/commonsense_qa/train_rand_split.jsonl"
+DEMO_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
+DEMO_TRAINING = {"beta": 0.1, "learning_rate": 5.0e-4}
+DEMO_CATTO = {"catto_alpha": 0.3, "catto_confidence": "max", "catto_margin": "logit", "catto_loss_form": "l1",
+              "catto_sequences": "both"}
 
 
 @dataclass
@@ -94,17 +104,33 @@ class BenchConfig:
     vocab: int = 32000
     seq: int = 256
     prompt: int | None = None  # None: seq // 2
-    batch: int = 4
+    batch: int | None = None  # None: 4 (tiny Llama), 8 with `model` (the demo recipe)
     steps: int = 8
     warmup: int = 2
     mem_steps: int = 3
     seed: int = 0
     attn: str = "sdpa"
-    catto_alpha: float = 0.1
+    catto_alpha: float | None = None  # None: 0.1 (tiny Llama), 0.3 with `model` (the demo recipe)
     device: str = "cpu"  # "cuda": TRL's Triton kernels vs catto's torch kernel; memory from the CUDA allocator
     bf16: bool = False  # mixed precision (fp32 weights, bf16 autocast), as TRL's default on GPU
+    # Real model (replaces the tiny random Llama; hidden/layers/intermediate/vocab/seq/prompt are then unused).
+    model: str | None = None  # an HF model folder (or hub id), loaded in float32
+    lora: bool = False  # PEFT LoRA as in recipes/demo/catto.yaml; the reference is the adapter-disabled policy
+    data: str = DEMO_DATA  # `catto.data.load_mcqa` spec of the MCQA items turned into preference pairs
+    prompt_format: str = "cloze"  # `mcqa_to_preference` prompt format (the demo's)
+    max_length: int = 256  # DPOConfig.max_length with `model` (the demo's)
 
     def __post_init__(self) -> None:
+        if self.batch is None:
+            self.batch = 8 if self.model else 4
+        if self.catto_alpha is None:
+            self.catto_alpha = DEMO_CATTO["catto_alpha"] if self.model else 0.1
+        if self.lora and not self.model:
+            raise ValueError("--lora needs --model PATH (the tiny random Llama is always trained in full).")
+        if self.prompt_format not in ("cloze", "letter"):
+            raise ValueError(f"--prompt-format must be 'cloze' or 'letter', got {self.prompt_format!r}.")
+        if self.batch < 1 or self.max_length < 2:
+            raise ValueError(f"Need --batch >= 1 and --max-length >= 2, got {self.batch} and {self.max_length}.")
         if self.intermediate is None:
             self.intermediate = 4 * self.hidden
         if self.prompt is None:
@@ -140,8 +166,20 @@ def make_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
     return synthetic.make_tokenizer(SPECIAL + [f"t{i}" for i in range(vocab - len(SPECIAL))])
 
 
+def load_tokenizer(cfg: BenchConfig) -> PreTrainedTokenizerFast:
+    """The tokenizer of `cfg.model` (a pad token set as `catto.modeling` does), or the tiny word-level one."""
+    if not cfg.model:
+        return make_tokenizer(cfg.vocab)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def make_dataset(cfg: BenchConfig, n_rows: int) -> Dataset:
-    """Random-token preference pairs: prompt `cfg.prompt` words, chosen/rejected `cfg.completion - 1` words each."""
+    """`n_rows` preference pairs: the demo's MCQA pairs with `cfg.model`, else random-token pairs of fixed length."""
+    if cfg.model:
+        return make_mcqa_dataset(cfg, n_rows)
     rng = random.Random(cfg.seed)
     n_words = cfg.vocab - len(SPECIAL)
 
@@ -156,40 +194,74 @@ def make_dataset(cfg: BenchConfig, n_rows: int) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def make_mcqa_dataset(cfg: BenchConfig, n_rows: int) -> Dataset:
+    """The first `n_rows` valid items of `cfg.data` as pairs, the way `catto train` builds them for the demo
+    (`mcqa_rejected: random`, `mcqa_on_invalid: skip`, `mcqa_seed` = `cfg.seed`)."""
+    items = load_mcqa(cfg.data, limit=2 * n_rows, seed=cfg.seed, on_invalid="skip")
+    if len(items) < n_rows:
+        raise ValueError(f"--data {cfg.data!r} gave {len(items)} valid items; {n_rows} are needed "
+                         "(batch x (warmup + steps)). Fix: use a larger data set or fewer --steps.")
+    pairs = mcqa_to_preference(items[:n_rows], prompt_format=cfg.prompt_format, rejected="random", seed=cfg.seed)
+    return pairs.select_columns(["prompt", "chosen", "rejected"])
+
+
 def build_model(cfg: BenchConfig) -> transformers.PreTrainedModel:
-    """The tiny random Llama (float32), deterministic from `cfg.seed`."""
-    model = make_model(
-        "llama", hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed, vocab_size=cfg.vocab,
-        intermediate_size=cfg.intermediate, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=cfg.seq,
-    )
+    """`cfg.model` in float32 (train mode), or the tiny random Llama (float32), deterministic from `cfg.seed`."""
+    if cfg.model:
+        model, _ = load_model_and_tokenizer(cfg.model, dtype="float32", device=cfg.device)
+        model.train()
+    else:
+        model = make_model(
+            "llama", hidden=cfg.hidden, layers=cfg.layers, seed=cfg.seed, vocab_size=cfg.vocab,
+            intermediate_size=cfg.intermediate, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
+            max_position_embeddings=cfg.seq,
+        )
     model.set_attn_implementation(cfg.attn)
     return model
 
 
 def build_trainer(method: str, cfg: BenchConfig, tokenizer: PreTrainedTokenizerFast, dataset: Dataset,
                   output_dir: str) -> DPOTrainer:
-    """A trainer on a fresh model with an explicit deep-copied reference, its optimizer created for manual steps."""
+    """A trainer on a fresh model, its optimizer created for manual steps.
+
+    The reference is an explicit deep copy of the model, or with `cfg.lora` none: TRL then runs the reference pass
+    through the policy with its adapters disabled. The LoRA weights are drawn after `torch.manual_seed(cfg.seed)`,
+    so every method starts from the same adapter.
+    """
     common: dict[str, Any] = dict(
-        output_dir=output_dir, per_device_train_batch_size=cfg.batch, max_length=cfg.seq, bf16=cfg.bf16,
-        use_cpu=cfg.device == "cpu",
+        output_dir=output_dir, per_device_train_batch_size=cfg.batch, max_length=cfg.max_length if cfg.model else
+        cfg.seq, bf16=cfg.bf16, use_cpu=cfg.device == "cpu",
         activation_checkpointing=False, report_to=[], save_strategy="no", seed=cfg.seed, disable_tqdm=True,
         logging_steps=1,
     )
+    if cfg.model:
+        common |= DEMO_TRAINING
+    catto_settings = {**DEMO_CATTO, "catto_alpha": cfg.catto_alpha} if cfg.model else {"catto_alpha": cfg.catto_alpha}
     if method in ("dpo", "dpo_compact"):
         trainer_cls, args = DPOTrainer, DPOConfig(**common)
     elif method == "catto":
-        trainer_cls, args = CATTODPOTrainer, CATTOConfig(**common, catto_alpha=cfg.catto_alpha)
+        trainer_cls, args = CATTODPOTrainer, CATTOConfig(**common, **catto_settings)
     else:
         raise ValueError(method)
     model = build_model(cfg)
-    trainer = trainer_cls(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=dataset,
-                          processing_class=tokenizer)
+    if cfg.lora:
+        from peft import LoraConfig
+
+        torch.manual_seed(cfg.seed)
+        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=LoraConfig(task_type="CAUSAL_LM", **DEMO_LORA))
+    else:
+        trainer = trainer_cls(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=dataset,
+                              processing_class=tokenizer)
     # What `Trainer.train` sets up before its inner loop, and `training_step` relies on.
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1
     trainer.model.train()
     return trainer
+
+
+def trainable_state(trainer: DPOTrainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
 
 def make_batches(trainer: DPOTrainer, cfg: BenchConfig, n_batches: int) -> list[dict[str, torch.Tensor]]:
@@ -200,7 +272,10 @@ def make_batches(trainer: DPOTrainer, cfg: BenchConfig, n_batches: int) -> list[
         rows = [ds[i] for i in range(b * cfg.batch, (b + 1) * cfg.batch)]
         batch = trainer._prepare_inputs(trainer.data_collator(rows))
         expected = (2 * cfg.batch, cfg.seq)
-        if tuple(batch["input_ids"].shape) != expected or int(batch["completion_mask"][0].sum()) != cfg.completion:
+        if cfg.model:  # real text: lengths vary; only the row count is fixed
+            if batch["input_ids"].size(0) != 2 * cfg.batch:
+                raise RuntimeError(f"Unexpected batch of {batch['input_ids'].size(0)} rows (want {2 * cfg.batch}).")
+        elif tuple(batch["input_ids"].shape) != expected or int(batch["completion_mask"][0].sum()) != cfg.completion:
             raise RuntimeError(
                 f"Unexpected tokenization: input_ids {tuple(batch['input_ids'].shape)} (want {expected}), "
                 f"{int(batch['completion_mask'][0].sum())} response tokens (want {cfg.completion})."
@@ -257,6 +332,12 @@ def time_alternating(trainers: dict[str, DPOTrainer], batches: dict[str, list[di
     return out
 
 
+def mean_count(counts: Iterator[int]) -> int | float:
+    """Mean of per-step counts; an int when every step has the same count (fixed-length data)."""
+    counts = list(counts)
+    return counts[0] if len(set(counts)) == 1 else statistics.fmean(counts)
+
+
 def summarize_times(times: list[float]) -> dict[str, float]:
     return {
         "median_s": statistics.median(times),
@@ -293,7 +374,7 @@ def reset_hwm() -> bool:
 
 def measure_memory(method: str, cfg: BenchConfig) -> dict[str, Any]:
     """Peak RSS increase of `cfg.mem_steps` training steps of `method` over the RSS after construction (child mode)."""
-    tokenizer = make_tokenizer(cfg.vocab)
+    tokenizer = load_tokenizer(cfg)
     if cfg.device == "cuda":
         return measure_cuda_memory(method, cfg, tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
@@ -370,6 +451,29 @@ def memory_in_subprocess(method: str, cli_args: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------- report
 
 
+def config_record(cfg: BenchConfig, model_config, n_params: int, n_trainable: int) -> dict[str, Any]:
+    """What the JSON report says about the set-up (the tiny-Llama keys unchanged)."""
+    common = {"sequences_per_step": 2 * cfg.batch,
+              "dtype": "float32 weights, bf16 autocast" if cfg.bf16 else "float32", "activation_checkpointing": False}
+    if not cfg.model:
+        tiny = {k: v for k, v in asdict(cfg).items() if k not in ("model", "lora", "data", "prompt_format",
+                                                                  "max_length")}
+        return {**tiny, "completion": cfg.completion, "heads": cfg.heads, "kv_heads": cfg.kv_heads, **common,
+                "ref_model": "explicit deepcopy", "parameters_per_model": n_params}
+    skip = ("hidden", "layers", "intermediate", "vocab", "seq", "prompt")  # tiny-Llama only
+    return {
+        **{k: v for k, v in asdict(cfg).items() if k not in skip}, **common,
+        "model_type": model_config.model_type, "hidden_size": model_config.hidden_size,
+        "num_hidden_layers": model_config.num_hidden_layers, "vocab_size": model_config.vocab_size,
+        "tie_word_embeddings": bool(getattr(model_config, "tie_word_embeddings", False)),
+        "ref_model": "policy with adapters disabled (PEFT, no ref_model)" if cfg.lora else "explicit deepcopy",
+        "lora_config": DEMO_LORA if cfg.lora else None, "training": DEMO_TRAINING,
+        "catto": {**DEMO_CATTO, "catto_alpha": cfg.catto_alpha},
+        "pairs": {"rejected": "random", "on_invalid": "skip", "first_items": cfg.batch * (cfg.warmup + cfg.steps)},
+        "parameters_per_model": n_params, "trainable_parameters": n_trainable,
+    }
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = None
     try:
@@ -442,12 +546,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--seq", type=int, default=256, help="tokens per sequence (prompt + response incl. EOS)")
     p.add_argument("--prompt", type=int, default=None, help="prompt tokens (default seq // 2)")
-    p.add_argument("--batch", type=int, default=4, help="preference pairs per step (2x sequences)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="preference pairs per step (2x sequences); default 4, with --model 8 (the demo recipe)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
-    p.add_argument("--catto-alpha", type=float, default=0.1)
+    p.add_argument("--catto-alpha", type=float, default=None,
+                   help="default 0.1, with --model 0.3 (the demo recipe)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast; fp32 weights)")
+    g = p.add_argument_group("real model (instead of the tiny random Llama; its size flags are then ignored)")
+    g.add_argument("--model", default=None, help="HF model folder (or hub id), e.g. the demo's SmolLM2-135M-Instruct")
+    g.add_argument("--lora", action="store_true",
+                   help="LoRA r 16, alpha 32, dropout 0, all-linear (recipes/demo); reference = adapters disabled")
+    g.add_argument("--data", default=DEMO_DATA, help="catto.data.load_mcqa spec of the MCQA items for the pairs")
+    g.add_argument("--prompt-format", default="cloze", choices=["cloze", "letter"], help="pair format (demo: cloze)")
+    g.add_argument("--max-length", type=int, default=256, help="DPOConfig.max_length (demo: 256)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--with-dpo-compact", action="store_true",
                    help="also time DPOTrainer scoring only response tokens (TRL's CUDA layout) as a control")
@@ -460,6 +573,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         hidden=args.hidden, layers=args.layers, intermediate=args.intermediate, vocab=args.vocab, seq=args.seq,
         prompt=args.prompt, batch=args.batch, steps=args.steps, warmup=args.warmup, mem_steps=args.mem_steps,
         seed=args.seed, attn=args.attn, catto_alpha=args.catto_alpha, device=args.device, bf16=args.bf16,
+        model=args.model, lora=args.lora, data=args.data, prompt_format=args.prompt_format, max_length=args.max_length,
     )
 
 
@@ -467,8 +581,12 @@ def child_cli_args(cfg: BenchConfig) -> list[str]:
     """The CLI flags that make a memory subprocess build exactly `cfg`."""
     flags = {"hidden": cfg.hidden, "layers": cfg.layers, "intermediate": cfg.intermediate, "vocab": cfg.vocab,
              "seq": cfg.seq, "prompt": cfg.prompt, "batch": cfg.batch, "mem-steps": cfg.mem_steps, "seed": cfg.seed,
-             "attn": cfg.attn, "catto-alpha": cfg.catto_alpha, "device": cfg.device}
-    return [x for k, v in flags.items() for x in (f"--{k}", str(v))] + (["--bf16"] if cfg.bf16 else [])
+             "attn": cfg.attn, "catto-alpha": cfg.catto_alpha, "device": cfg.device, "data": cfg.data,
+             "prompt-format": cfg.prompt_format, "max-length": cfg.max_length}
+    if cfg.model:
+        flags["model"] = cfg.model
+    switches = [f"--{k}" for k in ("bf16", "lora") if getattr(cfg, k)]
+    return [x for k, v in flags.items() for x in (f"--{k}", str(v))] + switches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     n_batches = cfg.warmup + cfg.steps
-    tokenizer = make_tokenizer(cfg.vocab)
+    tokenizer = load_tokenizer(cfg)
     dataset = make_dataset(cfg, cfg.batch * n_batches)
     methods = list(METHODS if args.with_dpo_compact else METHODS[:2])
     with tempfile.TemporaryDirectory() as tmp:
@@ -495,9 +613,13 @@ def main(argv: list[str] | None = None) -> int:
             for a, b in zip(batches["dpo"], batches[m]):
                 if not all(torch.equal(a[k], b[k]) for k in ("input_ids", "attention_mask", "completion_mask")):
                     raise RuntimeError(f"The dpo and {m} trainers collated different batches.")
-        first = batches["dpo"][0]
-        all_positions = first["input_ids"].size(0) * (first["input_ids"].size(1) - 1)
-        response_positions = int(first["completion_mask"][:, 1:].sum())
+            if cfg.lora:  # same adapter initialisation (the base weights come from the same file)
+                ref_state, state = trainable_state(trainers["dpo"]), trainable_state(trainers[m])
+                if ref_state.keys() != state.keys() or not all(torch.equal(ref_state[k], state[k]) for k in state):
+                    raise RuntimeError(f"The dpo and {m} trainers start from different LoRA weights.")
+        measured = batches["dpo"][cfg.warmup:]
+        all_positions = mean_count(b["input_ids"].size(0) * (b["input_ids"].size(1) - 1) for b in measured)
+        response_positions = mean_count(int(b["completion_mask"][:, 1:].sum()) for b in measured)
         # TRL scores every position on CPU and only the response tokens where Triton runs (CUDA).
         trl_positions = response_positions if cfg.device == "cuda" else all_positions
         positions = {"dpo_policy": trl_positions, "dpo_reference": trl_positions,
@@ -505,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         if "dpo_compact" in methods:
             positions |= {"dpo_compact_policy": response_positions, "dpo_compact_reference": response_positions}
         n_params = sum(p.numel() for p in trainers["dpo"].model.parameters())
+        n_trainable = sum(p.numel() for p in trainers["dpo"].model.parameters() if p.requires_grad)
+        model_config = trainers["dpo"].model.config.get_text_config()
         device_name = torch.cuda.get_device_name(0) if cfg.device == "cuda" else f"{torch.get_num_threads()} threads"
         print(f"Timing {cfg.steps} steps per method after {cfg.warmup} warm-up, alternating {'/'.join(methods)} "
               f"({n_params / 1e6:.1f}M parameters, {device_name})...", flush=True)
@@ -516,11 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "benchmark": "CATTODPOTrainer (fused) vs trl.DPOTrainer: step time and peak RSS",
         "command": " ".join(["python", *sys.argv]),
-        "config": {**asdict(cfg), "completion": cfg.completion, "heads": cfg.heads, "kv_heads": cfg.kv_heads,
-                   "sequences_per_step": 2 * cfg.batch,
-                   "dtype": "float32 weights, bf16 autocast" if cfg.bf16 else "float32",
-                   "activation_checkpointing": False, "ref_model": "explicit deepcopy",
-                   "parameters_per_model": n_params},
+        "config": config_record(cfg, model_config, n_params, n_trainable),
         "methods": methods,
         "lm_head_positions_per_step": positions,
         "time": time_summary,
