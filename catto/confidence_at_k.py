@@ -14,8 +14,9 @@ or anti-calibrated model the same rule picks confidently wrong answers, which is
 
 How the numbers are made (every choice is in ``ConfidenceAtKConfig`` and written next to the results):
 
-- Candidates: one batched ``model.generate(num_return_sequences=k, do_sample=True, output_logits=True)`` per batch
-  of questions, seeded per batch (the seed is derived from ``seed`` and the batch's item ids, so a resumed run
+- Candidates: one batched ``model.generate(do_sample=True, output_logits=True)`` per batch of questions giving k
+  rows per question (each prompt runs once and its KV cache is repeated k times, ``share_prompt_cache``; or
+  ``num_return_sequences=k``, which runs every prompt k times), seeded per batch (the seed is derived from ``seed`` and the batch's item ids, so a resumed run
   draws the same samples). Smaller k are evaluated on prefixes of the same ``max(k)`` samples.
 - Confidences are read from the **raw** logits at the generation step that emitted the parsed answer label (the
   warped ``scores`` are after temperature / top-p): no second forward pass. The parsed span (a character offset in
@@ -65,6 +66,7 @@ from .results import ItemResult
 
 CONFIDENCE_KINDS = ("letter", "full_vocab", "sequence")
 SELECTORS = ("greedy", "majority", "best_logprob", "confidence")
+T_RANGE = (0.01, 100.0)
 Parser = Callable[[str, "MCQAItem | None"], "ParsedAnswer | None"]
 
 
@@ -94,6 +96,10 @@ class ConfidenceAtKConfig:
     batch_size: int = field(default=4, metadata=_help(
         "Questions per generate call (each becomes k rows; raw logits of batch_size * k rows are kept per step)."))
     seed: int = field(default=0, metadata=_help("Sampling seed (combined with each batch's item ids)."))
+    share_prompt_cache: bool = field(default=True, metadata=_help(
+        "Run each prompt once and repeat its KV cache for the k samples (same samples as num_return_sequences=k, "
+        "k times less prompt compute); False: generate(num_return_sequences=k) for models whose cache cannot be "
+        "reordered."))
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -134,7 +140,8 @@ class Candidate:
     `answer` is the parsed answer (an option index for MCQA items) or None when unparseable; `answer_token` the
     index (in the generated tokens) of the token that emitted the answer label; `label_logits` the raw logits of
     the option labels' tokens at that step (MCQA, letter alternatives found); `confidence` the configured
-    confidence (after the calibrator, if any) and `confidence_source` how it was obtained.
+    confidence (after the calibrator, if any) and `confidence_source` how it was obtained; `token_ids` the generated
+    tokens up to and including the first EOS (`n_tokens` of them, all counted in `sequence_logprob`).
     """
 
     text: str
@@ -147,6 +154,7 @@ class Candidate:
     label_logits: list[float] | None
     sequence_logprob: float
     n_tokens: int
+    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -275,7 +283,8 @@ def select_all(candidates: Sequence[Candidate], greedy: Candidate | None, ks: Se
 def fit_temperature(label_logits: Sequence[Sequence[float]], labels: Sequence[int], max_iter: int = 100) -> float:
     """The temperature T > 0 minimising the NLL of `labels` under softmax(logits / T) (L-BFGS on log T).
 
-    Rows may have different lengths (ragged option counts).
+    Rows may have different lengths (ragged option counts). The result is clipped to `T_RANGE` (0.01-100): logits
+    with no signal about the labels (a model at chance) drive T towards infinity, i.e. uniform confidences.
 
     >>> t = fit_temperature([[4.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 0.0]], [0, 1, 1, 0])
     >>> t > 1  # overconfident logits (3/4 right at ~98 %) get softened
@@ -301,10 +310,9 @@ def fit_temperature(label_logits: Sequence[Sequence[float]], labels: Sequence[in
         return loss
 
     opt.step(closure)
-    t = float(log_t.detach().exp())
-    if not math.isfinite(t):
+    if not torch.isfinite(log_t.detach()):
         raise FloatingPointError("fit_temperature diverged; check the logits for NaN/inf.")
-    return t
+    return float(log_t.detach().clamp(math.log(T_RANGE[0]), math.log(T_RANGE[1])).exp())
 
 
 @dataclass(frozen=True)
@@ -411,10 +419,10 @@ def _build_candidate(tokenizer, gen_ids: list[int], step_logits: Sequence[torch.
     text = tokenizer.decode(body, skip_special_tokens=True)
     parsed = parser(text, item) if parser is not None else parse_answer(text, item.choices, item.letters)
     if parsed is None:
-        return Candidate(text, None, None, None, None, None, None, None, logprob, n)
+        return Candidate(text, None, None, None, None, None, None, None, logprob, n, gen_ids[:n])
     j = _answer_token(tokenizer, body, parsed.start)
     if j is None:  # a parser span outside the text
-        return Candidate(text, None, None, None, None, None, None, None, logprob, n)
+        return Candidate(text, None, None, None, None, None, None, None, logprob, n, gen_ids[:n])
     logits = step_logits[j][row].float()
     full = float(logits.softmax(-1)[body[j]])
     label_logits, source = None, None
@@ -432,10 +440,18 @@ def _build_candidate(tokenizer, gen_ids: list[int], step_logits: Sequence[torch.
     else:
         conf = full
         source = "full_vocab" if config.confidence == "full_vocab" else "full_vocab_fallback"
-    return Candidate(text, parsed.index, parsed.rule, j, conf, source, full, label_logits, logprob, n)
+    return Candidate(text, parsed.index, parsed.rule, j, conf, source, full, label_logits, logprob, n, gen_ids[:n])
 
 
-def _generate(model, ids, mask, config: ConfidenceAtKConfig, sample: bool, pad: int, eos: list[int], seed: int):
+def _generate(model, ids, mask, positions, config: ConfidenceAtKConfig, sample: bool, pad: int, eos: list[int],
+              seed: int):
+    """One `generate` call: k samples per question (`sample`) or the greedy decode. Returns the generated token ids
+    per row (question b's samples are rows b*k .. b*k+k-1) and the raw logits per step.
+
+    With `config.share_prompt_cache`, the prompts run through the model once, their KV cache (all but the last
+    prompt token) is repeated k times and `generate` continues from it with the prompt rows repeated k times: the
+    same rows and sampling as `num_return_sequences=k`, without running each prompt k times.
+    """
     from transformers import LogitsProcessorList
 
     kwargs: dict[str, Any] = dict(
@@ -447,6 +463,13 @@ def _generate(model, ids, mask, config: ConfidenceAtKConfig, sample: bool, pad: 
                       top_p=config.top_p, top_k=config.top_k, typical_p=1.0)
     else:
         kwargs.update(do_sample=False, num_return_sequences=1, num_beams=1)
+    if sample and config.share_prompt_cache and config.k > 1 and ids.shape[1] > 1:
+        prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                       use_cache=True, logits_to_keep=1)
+        cache = prefix.past_key_values
+        cache.reorder_cache(torch.arange(ids.shape[0], device=ids.device).repeat_interleave(config.k))
+        ids, mask = ids.repeat_interleave(config.k, 0), mask.repeat_interleave(config.k, 0)
+        kwargs.update(num_return_sequences=1, past_key_values=cache)
     devices = [ids.device] if ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -511,11 +534,11 @@ def confidence_at_k(model, tokenizer, prompts_or_items: Sequence[MCQAItem | str]
             prompts = [mcqa_prompt(tokenizer, it, config) for it in batch]
             ids_ = [it.id for it in batch]
             encoded = [tokenizer(p, add_special_tokens=not config.chat_template)["input_ids"] for p in prompts]
-        ids, mask, _ = _left_padded(encoded, pad, device)
+        ids, mask, positions = _left_padded(encoded, pad, device)
         seed = _batch_seed(config.seed, ids_)
-        sampled, logits = _generate(model, ids, mask, config, True, pad, eos, seed)
+        sampled, logits = _generate(model, ids, mask, positions, config, True, pad, eos, seed)
         if config.greedy:
-            greedy_ids, greedy_logits = _generate(model, ids, mask, config, False, pad, eos, seed)
+            greedy_ids, greedy_logits = _generate(model, ids, mask, positions, config, False, pad, eos, seed)
         batch_results = []
         for b, x in enumerate(batch):
             item = None if isinstance(x, str) else x
