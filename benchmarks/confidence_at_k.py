@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import sys
@@ -110,12 +111,29 @@ def main() -> None:
 
     model.generate = timed_generate
     jsonl = os.path.splitext(args.out)[0] + ".jsonl"
+    timing_path = os.path.splitext(args.out)[0] + ".timing.json"
     store = ResultsFile(jsonl)
     todo = [it for it in items if it.id not in store]
-    started = time.perf_counter()
-    confidence_at_k(model, tok, todo, config, progress=True,
-                    on_batch=lambda rs: store.append([r.to_item_result() for r in rs]))
-    total = time.perf_counter() - started
+    # Wall times accumulate over resumed invocations (only items whose batch finished count).
+    saved = json.load(open(timing_path)) if os.path.exists(timing_path) and len(todo) < len(items) else {}
+    acc = {"items": saved.get("items", 0), "total": saved.get("total", 0.0), "greedy": saved.get("greedy", 0.0),
+           "sample_generate": saved.get("sample_generate", 0.0)}
+    clock = {"t": time.perf_counter(), "greedy": 0.0, "sample_generate": 0.0}
+
+    def on_batch(rs):
+        store.append([r.to_item_result() for r in rs])
+        now = time.perf_counter()
+        acc["items"] += len(rs)
+        acc["total"] += now - clock["t"]
+        for key in ("greedy", "sample_generate"):
+            acc[key] += timings[key] - clock[key]
+            clock[key] = timings[key]
+        clock["t"] = now
+        write_json_atomic(timing_path, acc)
+
+    confidence_at_k(model, tok, todo, config, progress=True, on_batch=on_batch)
+    n_new, total = acc["items"], acc["total"]
+    timings["greedy"], timings["sample_generate"] = acc["greedy"], acc["sample_generate"]
     by_id = {it.id: it for it in items}
     results = [_from_item_result(r, by_id[r.id]) for r in store.ordered([it.id for it in items])]
     ks = config.ks
@@ -132,7 +150,6 @@ def main() -> None:
     curves = {name: accuracy_vs_k(rs, n_bins=15) for name, rs in variants.items()}
     oracle = {str(k): sum(any(c.answer == r.gold for c in r.candidates[:k]) for r in results) / len(results)
               for k in ks}
-    n_new = len(todo)
     payload = {
         "catto_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -153,8 +170,8 @@ def main() -> None:
                    "k_samples_over_greedy": (total - timings["greedy"]) / timings["greedy"] if timings["greedy"]
                    else None,
                    "note": "greedy = its own generate calls (prefill included); k_samples = everything else (shared "
-                           "prompt prefill, the k-sample generate, parsing, confidences); wall times of this "
-                           "invocation only (a resumed run times only the items it generated)"},
+                           "prompt prefill, the k-sample generate, parsing, confidences); summed over resumed "
+                           "invocations (items_timed: items whose batch finished in a timed invocation)"},
         "per_item": os.path.basename(jsonl),
     }
     write_json_atomic(args.out, payload)

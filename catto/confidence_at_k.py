@@ -80,7 +80,7 @@ class ConfidenceAtKConfig:
 
     k: int = field(default=8, metadata=_help("Samples per question (the largest k evaluated)."))
     ks: tuple[int, ...] | None = field(default=None, metadata=_help(
-        "The k values to report, each <= k, evaluated on prefixes of the same k samples (default 1, 2, 4, ... k)."))
+        "The k values to report, each <= k, evaluated on prefixes of the same k samples (default 1, 2, 4, ... and k)."))
     temperature: float = field(default=1.0, metadata=_help("Sampling temperature (> 0)."))
     top_p: float = field(default=1.0, metadata=_help("Nucleus sampling mass in (0, 1]; 1 disables it."))
     top_k: int = field(default=0, metadata=_help("Top-k sampling; 0 disables it (overrides the model's default)."))
@@ -104,7 +104,7 @@ class ConfidenceAtKConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"`k` must be an integer >= 1, got {self.k!r}.")
-        ks = self.ks if self.ks is not None else tuple(2 ** i for i in range(self.k.bit_length()) if 2 ** i <= self.k)
+        ks = self.ks if self.ks is not None else (*(2 ** i for i in range(self.k.bit_length())), self.k)
         ks = tuple(sorted(set(int(x) for x in ks)))
         if not ks or ks[0] < 1 or ks[-1] > self.k:
             raise ValueError(f"`ks` must be values in [1, k={self.k}], got {self.ks!r}; raise `k` or drop the larger.")
@@ -188,7 +188,9 @@ class QuestionResult:
                        temperature: float = 1.0) -> ItemResult:
         """The shared per-item result of `selector` at `k` (default the largest). `option_probs` is the label
         distribution (softmax of `label_logits / temperature`) at the selected candidate's answer step when known;
-        otherwise the confidence on the prediction and the rest spread evenly (`extra.option_probs_kind`)."""
+        otherwise the confidence on the prediction and the rest spread evenly (`extra.option_probs_kind`). A sampled
+        answer need not be the argmax of its step's distribution: read `prediction` and `confidence`, not the
+        argmax of `option_probs`."""
         per_k = self.selections[selector]
         sel = per_k[max(per_k) if k is None else k]
         n = len(self.item.choices) if self.item is not None else 0
@@ -657,7 +659,7 @@ def run_eval_method(args) -> dict:
 
     from .cli import eval_run_record, load_eval_datasets, load_eval_model
     from .data import load_mcqa
-    from .evaluation import summarize_results
+    from .metrics import calibration_summary
     from .results import ResultsFile, write_json_atomic
 
     config = config_from_args(args)
@@ -682,8 +684,11 @@ def run_eval_method(args) -> dict:
         elapsed = time.perf_counter() - started
         results = store.ordered([it.id for it in ds.items])
         curves = accuracy_vs_k(results, n_bins=args.n_bins, binning=args.binning)
-        summary = summarize_results(results, n_bins=args.n_bins, binning=args.binning, n_resamples=args.bootstrap,
-                                    seed=args.seed)
+        # Top-label metrics of the selected answers: a sampled answer need not be the argmax of its step's label
+        # distribution, so the option_probs matrix's argmax is not the prediction (summarize_results would use it).
+        summary = calibration_summary(np.array([r.confidence for r in results]),
+                                      np.array([bool(r.correct) for r in results]), n_bins=args.n_bins,
+                                      binning=args.binning, n_resamples=args.bootstrap, seed=args.seed)
         plots = {}
         if not args.no_plots:
             from .confidence_at_k_plots import accuracy_vs_k_plot

@@ -124,12 +124,29 @@ def test_k_candidates_come_from_one_generate_call_per_batch(tiny):
         out = confidence_at_k(model, tok, items, ConfidenceAtKConfig(k=5, batch_size=3, greedy=False,
                                                                       max_new_tokens=4))
     assert len(counter.calls) == 2  # 6 questions, 3 per batch
-    assert all(c["num_return_sequences"] == 5 and c["do_sample"] and c["output_logits"] for c in counter.calls)
+    for call in counter.calls:  # each prompt once in the shared cache, repeated to k rows for the one call
+        assert call["do_sample"] and call["output_logits"] and call["input_ids"].shape[0] == 3 * 5
+        assert call["past_key_values"] is not None
     assert [len(r.candidates) for r in out] == [5] * 6
     with _CountingGenerate(model) as counter:
         out = confidence_at_k(model, tok, items, ConfidenceAtKConfig(k=5, batch_size=6, max_new_tokens=4))
     assert [c["do_sample"] for c in counter.calls] == [True, False]  # plus one true greedy decode per batch
     assert counter.calls[1]["num_return_sequences"] == 1 and all(r.greedy is not None for r in out)
+
+
+def test_shared_prompt_cache_draws_the_same_samples_as_num_return_sequences(tiny):
+    model, tok = tiny
+    items = [MCQAItem(f"r{i}", " ".join(f"w{j}" for j in range(i + 1)) + " ?", ("w3", "w4", "w5"), gold=0)
+             for i in range(4)]  # ragged prompt lengths: left padding under the repeated cache
+    shared = confidence_at_k(model, tok, items, ConfidenceAtKConfig(k=5, batch_size=4, max_new_tokens=4))
+    with _CountingGenerate(model) as counter:
+        plain = confidence_at_k(model, tok, items, ConfidenceAtKConfig(k=5, batch_size=4, max_new_tokens=4,
+                                                                        share_prompt_cache=False))
+    assert counter.calls[0]["num_return_sequences"] == 5 and "past_key_values" not in counter.calls[0]
+    assert [[c.token_ids for c in r.candidates] for r in shared] == [[c.token_ids for c in r.candidates] for r in plain]
+    for r, q in zip(shared, plain):
+        for a, b in zip(r.candidates, q.candidates):
+            assert a.sequence_logprob == pytest.approx(b.sequence_logprob, abs=1e-5)
 
 
 def test_greedy_is_the_argmax_decode(tiny):
@@ -264,7 +281,7 @@ def test_config_fields_all_have_help_and_ks_default_to_powers_of_two():
     import dataclasses
 
     assert all(f.metadata.get("help") for f in dataclasses.fields(ConfidenceAtKConfig))
-    assert ConfidenceAtKConfig(k=16).ks == (1, 2, 4, 8, 16) and ConfidenceAtKConfig(k=6).ks == (1, 2, 4)
+    assert ConfidenceAtKConfig(k=16).ks == (1, 2, 4, 8, 16) and ConfidenceAtKConfig(k=6).ks == (1, 2, 4, 6)
 
 
 def test_nan_logits_raise_a_clear_error():
