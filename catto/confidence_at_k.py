@@ -619,12 +619,14 @@ def parse_stats(results: Sequence[QuestionResult]) -> dict[str, Any]:
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    import argparse
+
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"--k must be comma-separated integers like 1,2,4,8,16, got {text!r}.") from None
+        raise argparse.ArgumentTypeError(f"--k must be comma-separated integers like 1,2,4,8,16, got {text!r}") from None
     if not values or min(values) < 1:
-        raise ValueError(f"--k values must be >= 1, got {text!r}.")
+        raise argparse.ArgumentTypeError(f"--k values must be >= 1, got {text!r}")
     return values
 
 

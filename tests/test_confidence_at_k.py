@@ -375,7 +375,8 @@ def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, d
     assert (out / name / "results.jsonl").read_text() == before
 
 
-def test_catto_eval_rejects_bad_k(tmp_path, model_dir, data_file):
+def test_catto_eval_rejects_bad_k(tmp_path, model_dir, data_file, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--method", "confidence_at_k", "--model", model_dir, "--data", f"mmlu:{data_file}",
               "--k", "0,2", "--out", str(tmp_path)])
+    assert "--k values must be >= 1" in capsys.readouterr().err
