@@ -71,6 +71,7 @@ import transformers  # noqa: E402
 import trl  # noqa: E402
 import trl.trainer.utils as trl_utils  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from torch.profiler import record_function  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
@@ -307,11 +308,14 @@ def train_step(trainer: DPOTrainer, batch: dict[str, torch.Tensor], compact: boo
     """One optimizer step on one micro-batch, as `Trainer`'s inner loop does it; returns the loss."""
     model = trainer.model
     with trl_scores_response_tokens_only(compact and model.device.type == "cpu"):
-        loss = trainer.training_step(model, batch)
+        with record_function("bench/training_step"):
+            loss = trainer.training_step(model, batch)
     if trainer.args.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
-    trainer.optimizer.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
+        with record_function("bench/clip_grad_norm"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+    with record_function("bench/optimizer_step"):
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
     return float(loss)  # a host sync on CUDA, so the step's kernels are finished when the timer stops
 
 
@@ -320,14 +324,21 @@ def train_step(trainer: DPOTrainer, batch: dict[str, torch.Tensor], compact: boo
 
 def time_alternating(trainers: dict[str, DPOTrainer], batches: dict[str, list[dict[str, torch.Tensor]]],
                      cfg: BenchConfig) -> dict[str, dict[str, list[float]]]:
-    """Warm-up then measured steps, the methods in turn (DPO, CATTO[, DPO compact]); batch `i` is the same data."""
-    out: dict[str, dict[str, list[float]]] = {m: {"times_s": [], "losses": [], "warmup_times_s": []} for m in trainers}
+    """Warm-up then measured steps, the methods in turn (DPO, CATTO[, DPO compact]); batch `i` is the same data.
+
+    Records the wall time of each step and the CPU time of this process (`time.process_time`, all its threads): on a
+    CPU shared with other jobs the wall time also counts the time the step waited for a core, the CPU time does not.
+    """
+    keys = ("times_s", "cpu_times_s", "losses", "warmup_times_s")
+    out: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in trainers}
     for i in range(cfg.warmup + cfg.steps):
         for method, trainer in trainers.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             loss = train_step(trainer, batches[method][i], compact=method == "dpo_compact")
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             out[method]["warmup_times_s" if i < cfg.warmup else "times_s"].append(elapsed)
+            if i >= cfg.warmup:
+                out[method]["cpu_times_s"].append(cpu)
             out[method]["losses"].append(loss)
     return out
 
@@ -346,6 +357,77 @@ def summarize_times(times: list[float]) -> dict[str, float]:
         "max_s": max(times),
         "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
     }
+
+
+def median_memory(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-key median of repeated memory subprocesses (the runs themselves kept under `runs`)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            values = [r[key] for r in runs]
+            out[key] = None if None in values else statistics.median(values)
+    return out | {"repeats": len(runs), "runs": runs}
+
+
+# --------------------------------------------------------------------------------------------------------- profile
+
+# Where a step's time goes, by torch.profiler event name: the LM-head kernels (TRL's and catto's autograd functions,
+# forward and backward) and this script's regions around the optimizer. The rest is the backbone.
+PROFILE_EVENTS = {
+    "trl_lm_head_forward": "ChunkedLogProbFunction",
+    "trl_lm_head_backward": "autograd::engine::evaluate_function: ChunkedLogProbFunctionBackward",
+    "catto_lm_head_forward": "ChunkedCalibrationStats",
+    "catto_lm_head_backward": "autograd::engine::evaluate_function: ChunkedCalibrationStatsBackward",
+    "training_step": "bench/training_step",
+    "clip_grad_norm": "bench/clip_grad_norm",
+    "optimizer_step": "bench/optimizer_step",
+}
+
+
+def profile_alternating(trainers: dict[str, DPOTrainer], batches: dict[str, list[dict[str, torch.Tensor]]],
+                        cfg: BenchConfig, n_steps: int, top: int = 15) -> dict[str, Any]:
+    """`cfg.warmup` unprofiled steps, then `n_steps` steps per method (alternating) each under torch.profiler.
+
+    Per method: wall seconds per step, the `PROFILE_EVENTS` totals per step (CPU time including children), and the
+    `top` operators by self CPU time per step.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg.device == "cuda" else [])
+    events: dict[str, list[Any]] = {m: [] for m in trainers}
+    walls: dict[str, list[float]] = {m: [] for m in trainers}
+    for i in range(cfg.warmup + n_steps):
+        for method, trainer in trainers.items():
+            compact = method == "dpo_compact"
+            if i < cfg.warmup:
+                train_step(trainer, batches[method][i], compact)
+                continue
+            with profile(activities=activities) as prof:
+                t0 = time.perf_counter()
+                train_step(trainer, batches[method][i], compact)
+                walls[method].append(time.perf_counter() - t0)
+            events[method].append(prof.key_averages())
+    out: dict[str, Any] = {}
+    for method, per_step in events.items():
+        totals: dict[str, float] = {}
+        self_times: dict[str, float] = {}
+        for averages in per_step:
+            for ev in averages:
+                totals[ev.key] = totals.get(ev.key, 0.0) + ev.cpu_time_total / 1e6
+                self_times[ev.key] = self_times.get(ev.key, 0.0) + ev.self_cpu_time_total / 1e6
+        n = len(per_step)
+        named = {label: totals.get(key, 0.0) / n for label, key in PROFILE_EVENTS.items()}
+        ranked = sorted(self_times.items(), key=lambda kv: -kv[1])[:top]
+        out[method] = {
+            "wall_s_per_step": statistics.median(walls[method]),
+            "wall_s": walls[method],
+            "regions_s_per_step": named,
+            "lm_head_s_per_step": sum(v for k, v in named.items() if "lm_head" in k),
+            "top_self_cpu_s_per_step": {k: v / n for k, v in ranked},
+        }
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- memory
@@ -500,6 +582,15 @@ def ratios(report: dict[str, Any], baseline: str) -> dict[str, float | None]:
     """CATTO / `baseline`: ratio of median step times and of the peak RSS increases (when memory was measured)."""
     t, mem = report["time"], report.get("memory")
     out: dict[str, float | None] = {"time_median": t["catto"]["median_s"] / t[baseline]["median_s"]}
+    if t["catto"].get("cpu_times_s"):
+        # CPU time of the process, and the median of the per-round ratios (steps i of both methods ran back to back
+        # on the same batch), which cancels drifts of the machine's load slower than one round.
+        out["cpu_time_median"] = statistics.median(t["catto"]["cpu_times_s"]) / statistics.median(
+            t[baseline]["cpu_times_s"])
+        out["paired_time_median"] = statistics.median(a / b for a, b in zip(t["catto"]["times_s"],
+                                                                           t[baseline]["times_s"]))
+        out["paired_cpu_time_median"] = statistics.median(a / b for a, b in zip(t["catto"]["cpu_times_s"],
+                                                                               t[baseline]["cpu_times_s"]))
     if mem:
         out["peak_rss_delta"] = mem["catto"]["peak_rss_delta_mib"] / mem[baseline]["peak_rss_delta_mib"]
         a, b = mem["catto"]["steady_peak_rss_delta_mib"], mem[baseline]["steady_peak_rss_delta_mib"]
@@ -509,11 +600,12 @@ def ratios(report: dict[str, Any], baseline: str) -> dict[str, float | None]:
 
 def print_table(report: dict[str, Any]) -> None:
     t, mem = report["time"], report.get("memory")
-    print(f"\n{'method':<12}{'median s/step':>15}{'mean':>9}{'min':>9}{'max':>9}"
+    print(f"\n{'method':<12}{'median s/step':>15}{'mean':>9}{'min':>9}{'max':>9}{'CPU s':>9}"
           + (f"{'peak dRSS MiB':>15}{'steady dRSS MiB':>17}" if mem else ""))
     for m in report["methods"]:
         s = t[m]
         row = f"{m:<12}{s['median_s']:>15.3f}{s['mean_s']:>9.3f}{s['min_s']:>9.3f}{s['max_s']:>9.3f}"
+        row += f"{s['cpu_median_s']:>9.3f}" if "cpu_median_s" in s else f"{'n/a':>9}"
         if mem:
             steady = mem[m]["steady_peak_rss_delta_mib"]
             row += f"{mem[m]['peak_rss_delta_mib']:>15.1f}"
@@ -521,6 +613,9 @@ def print_table(report: dict[str, Any]) -> None:
         print(row)
     for key, r in report["ratios"].items():
         line = f"{key}: time {r['time_median']:.3f}"
+        if "cpu_time_median" in r:
+            line += (f" (CPU time {r['cpu_time_median']:.3f}; median of paired ratios: wall "
+                     f"{r['paired_time_median']:.3f}, CPU {r['paired_cpu_time_median']:.3f})")
         if "peak_rss_delta" in r:
             line += f", peak memory {r['peak_rss_delta']:.3f}"
         if r.get("steady_peak_rss_delta") is not None:
@@ -528,6 +623,22 @@ def print_table(report: dict[str, Any]) -> None:
         print(line)
     pos = report["lm_head_positions_per_step"]
     print("LM-head positions scored per step: " + ", ".join(f"{k} {v}" for k, v in pos.items()))
+
+
+def print_profile(report: dict[str, Any]) -> None:
+    prof = report["profile"]
+    labels = list(PROFILE_EVENTS)
+    print(f"\n{'seconds per step':<24}" + "".join(f"{m:>13}" for m in report["methods"]))
+    for label in ["wall"] + labels + ["lm_head_total"]:
+        cells = []
+        for m in report["methods"]:
+            p = prof[m]
+            value = {"wall": p["wall_s_per_step"], "lm_head_total": p["lm_head_s_per_step"]}.get(label)
+            cells.append(p["regions_s_per_step"][label] if value is None else value)
+        print(f"{label:<24}" + "".join(f"{v:>13.3f}" for v in cells))
+    for m in report["methods"]:
+        top = list(prof[m]["top_self_cpu_s_per_step"].items())[:6]
+        print(f"{m} top self CPU: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -539,6 +650,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=8, help="measured steps per method")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps per method (not measured)")
     p.add_argument("--mem-steps", type=int, default=3, help="steps of each memory subprocess")
+    p.add_argument("--mem-repeats", type=int, default=1,
+                   help="memory subprocesses per method (alternated); the report keeps each run and their medians")
     p.add_argument("--out", default="benchmarks/results/overhead.json", help="JSON report path")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
@@ -561,6 +674,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--data", default=DEMO_DATA, help="catto.data.load_mcqa spec of the MCQA items for the pairs")
     g.add_argument("--prompt-format", default="cloze", choices=["cloze", "letter"], help="pair format (demo: cloze)")
     g.add_argument("--max-length", type=int, default=256, help="DPOConfig.max_length (demo: 256)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead of timing: N torch.profiler-ed steps per method (after --warmup), breakdown to --out")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--with-dpo-compact", action="store_true",
                    help="also time DPOTrainer scoring only response tokens (TRL's CUDA layout) as a control")
@@ -597,12 +712,14 @@ def main(argv: list[str] | None = None) -> int:
     # TRL 1.16 still calls the renamed `is_gradient_checkpointing`; nothing to act on here.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
+    if args.mem_repeats < 1 or args.profile < 0:
+        raise SystemExit("--mem-repeats must be >= 1 and --profile >= 0.")
     if args.measure_memory:
         print(json.dumps(measure_memory(args.measure_memory, cfg)))
         return 0
 
     started = time.time()
-    n_batches = cfg.warmup + cfg.steps
+    n_batches = cfg.warmup + (args.profile or cfg.steps)
     tokenizer = load_tokenizer(cfg)
     dataset = make_dataset(cfg, cfg.batch * n_batches)
     methods = list(METHODS if args.with_dpo_compact else METHODS[:2])
@@ -630,13 +747,29 @@ def main(argv: list[str] | None = None) -> int:
         n_trainable = sum(p.numel() for p in trainers["dpo"].model.parameters() if p.requires_grad)
         model_config = trainers["dpo"].model.config.get_text_config()
         device_name = torch.cuda.get_device_name(0) if cfg.device == "cuda" else f"{torch.get_num_threads()} threads"
+        if args.profile:
+            print(f"Profiling {args.profile} steps per method after {cfg.warmup} warm-up, alternating "
+                  f"{'/'.join(methods)} ({n_params / 1e6:.1f}M parameters, {device_name})...", flush=True)
+            profiled = profile_alternating(trainers, batches, cfg, args.profile)
+            report = {
+                "benchmark": "CATTODPOTrainer (fused) vs trl.DPOTrainer: torch.profiler breakdown of a step",
+                "command": " ".join(["python", *sys.argv]),
+                "config": config_record(cfg, model_config, n_params, n_trainable) | {"profiled_steps": args.profile},
+                "methods": methods, "lm_head_positions_per_step": positions, "profile": profiled,
+                "versions": versions(), "machine": machine_info(), "wall_time_s": time.time() - started,
+            }
+            write_json_atomic(args.out, report)
+            print_profile(report)
+            print(f"Wrote {args.out} ({report['wall_time_s']:.0f} s)")
+            return 0
         print(f"Timing {cfg.steps} steps per method after {cfg.warmup} warm-up, alternating {'/'.join(methods)} "
               f"({n_params / 1e6:.1f}M parameters, {device_name})...", flush=True)
         steps = time_alternating(trainers, batches, cfg)
         del trainers, batches
         gc.collect()
 
-    time_summary = {m: {**summarize_times(steps[m]["times_s"]), **steps[m]} for m in methods}
+    time_summary = {m: {**summarize_times(steps[m]["times_s"]), "cpu_median_s": statistics.median(
+        steps[m]["cpu_times_s"]), **steps[m]} for m in methods}
     report: dict[str, Any] = {
         "benchmark": "CATTODPOTrainer (fused) vs trl.DPOTrainer: step time and peak RSS",
         "command": " ".join(["python", *sys.argv]),
@@ -654,7 +787,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not args.no_memory:
         print("Measuring peak memory in one subprocess per method...", flush=True)
-        report["memory"] = {m: memory_in_subprocess(m, child_cli_args(cfg)) for m in methods}
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+        for _ in range(args.mem_repeats):  # alternated too
+            for m in methods:
+                runs[m].append(memory_in_subprocess(m, child_cli_args(cfg)))
+        report["memory"] = {m: median_memory(runs[m]) for m in methods}
     report["ratios"] = {f"catto/{m}": ratios(report, m) for m in methods if m != "catto"}
     report["wall_time_s"] = time.time() - started
     write_json_atomic(args.out, report)
