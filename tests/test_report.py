@@ -1,0 +1,100 @@
+"""`catto report` end to end on a tiny saved model: several methods on the same items, one page + JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from catto.cli import main as catto_main
+from catto.report import main, markdown_table
+from posthoc_common import save_tiny_model, write_dataset
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    model_dir = save_tiny_model(root / "model")
+    specs = [write_dataset(root / "a.jsonl", 14), write_dataset(root / "b.jsonl", 14, offset=1)]
+    fit = write_dataset(root / "fit.jsonl", 24, offset=2)
+    return root, model_dir, specs, fit
+
+
+def _common(model_dir, specs, out):
+    args = ["--model", model_dir, "--out", str(out), "--bootstrap", "20", "--no-progress"]
+    for s in specs:
+        args += ["--data", s]
+    return args
+
+
+def test_report_runs_methods_side_by_side(setup):
+    root, model_dir, specs, fit = setup
+    out = root / "out"
+    assert main(_common(model_dir, specs, out) + [
+        "--scoring", "cloze", "--methods", "scoring,temperature,msp,coral", "--fit-data", fit,
+        "--set", "coral.hidden_sizes=[8]", "--set", "coral.epochs=2", "--set", "coral.weight_decays=[0]",
+        "--set", "coral.output_penalties=[0]", "--set", "coral.layers=[1]"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"] == ["scoring", "temperature", "msp", "coral"] and len(report["datasets"]) == 2
+    for ds_name, ds in report["datasets"].items():
+        assert list(ds["metrics"]) == ["scoring", "temperature", "msp", "coral"]
+        for m, summary in ds["metrics"].items():
+            assert summary["n"] == 14 and all(k in summary for k in ("accuracy", "ece", "brier", "nll", "auroc",
+                                                                     "aurc"))
+            assert "ci" in summary["ece"]
+            lines = (out / m / ds_name / "results.jsonl").read_text().splitlines()
+            assert len(lines) == 14
+        # temperature never changes the scoring's accuracy on the same items
+        assert ds["metrics"]["temperature"]["accuracy"]["value"] == ds["metrics"]["scoring"]["accuracy"]["value"]
+        assert "abstention" in ds["methods"]["msp"]["method_metrics"]
+        assert (out / ds["plots"]["reliability"]).stat().st_size > 0
+        assert (out / ds["plots"]["risk_coverage"]).stat().st_size > 0
+    md = (out / "report.md").read_text()
+    assert md.count("| coral |") == 2 and "reliability.png" in md
+    assert "<table>" in (out / "report.html").read_text()
+    assert (out / "coral" / "evaluator" / "state.safetensors").exists()
+
+
+def test_report_loads_saved_evaluators_and_eval_folders(setup):
+    root, model_dir, specs, fit = setup
+    first = root / "out"  # from the test above (module order), else build it
+    if not (first / "report.json").exists():
+        test_report_runs_methods_side_by_side(setup)
+    ev_out = root / "eval_out"
+    assert catto_main(["eval", "--model", model_dir, "--data", specs[0], "--scoring", "cloze", "--out", str(ev_out),
+                       "--bootstrap", "10", "--no-plots", "--no-progress"]) == 0
+    out = root / "loaded"
+    assert main(_common(model_dir, specs[:1], out) + [
+        "--scoring", "cloze", "--methods", "scoring", "--no-plots",
+        "--load", f"ts={first / 'temperature' / 'evaluator'}", "--load", f"eval={ev_out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (ds,) = report["datasets"].values()
+    assert list(ds["metrics"]) == ["scoring", "ts", "eval"]
+    # the catto eval folder holds the same cloze scoring of the same items: identical numbers
+    assert ds["metrics"]["eval"]["ece"]["value"] == pytest.approx(ds["metrics"]["scoring"]["ece"]["value"])
+    before = json.loads((first / "report.json").read_text())["datasets"]
+    assert ds["metrics"]["ts"]["nll"]["value"] == pytest.approx(
+        before[next(iter(before))]["metrics"]["temperature"]["nll"]["value"])
+
+
+def test_report_errors_name_the_fix(setup, capsys):
+    root, model_dir, specs, _ = setup
+    with pytest.raises(SystemExit, match="--fit-data SPEC or --fit-first"):
+        main(_common(model_dir, specs, root / "x") + ["--methods", "scoring,temperature"])
+    with pytest.raises(SystemExit, match="no config field"):
+        main(_common(model_dir, specs, root / "x") + ["--methods", "temperature", "--fit-first", "4",
+                                                       "--set", "temperature.nope=1"])
+    with pytest.raises(SystemExit, match="neither a saved evaluator"):
+        main(_common(model_dir, specs, root / "x") + ["--methods", "scoring", "--load", f"z={root}"])
+
+
+def test_markdown_table_cells():
+    table = markdown_table({"m": {"n": 3, "ece": {"value": 0.1234, "ci": [0.1, 0.2]}, "accuracy": {"value": 0.5}}})
+    assert "| m | 3 | 0.500 | 0.123 [0.100, 0.200] | - |" in table
+
+
+def test_catto_report_is_dispatched(setup):
+    root, model_dir, specs, _ = setup
+    out = root / "dispatched"
+    assert catto_main(["report"] + _common(model_dir, specs[:1], out) + ["--methods", "scoring", "--no-plots"]) == 0
+    assert (out / "report.json").exists()
