@@ -60,6 +60,20 @@ def _items(n, seed=0, k=4):
 
 # Forces an update on every question (gate always open, no bin-agreement skip) so short streams exercise training.
 TRAIN_ALL = dict(gate="always", skip_bin_distance=0, seed=0)
+STREAM = _items(4)
+
+
+@pytest.fixture(scope="module")
+def trained(tok):
+    """(evaluator, results) of a stream of 4 questions that all update (shared by several tests: CPU is scarce)."""
+    secl = SECLEvaluator(**TRAIN_ALL)
+    return secl, secl.evaluate(_model(), tok, STREAM)
+
+
+@pytest.fixture(scope="module")
+def frozen(tok):
+    secl = SECLEvaluator(gate="never", target_for_all=True)
+    return secl, secl.evaluate(_model(), tok, STREAM)
 
 
 # -- pure math -------------------------------------------------------------------------------------------------------
@@ -103,12 +117,12 @@ def test_lora_targets_are_q_v_of_last_layers():
 
 
 # -- the update ------------------------------------------------------------------------------------------------------
-def test_one_update_moves_soft_confidence_toward_clipped_target(tok):
+def test_one_update_moves_soft_confidence_toward_clipped_target(tok, trained):
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    item = _items(1)
-    res = SECLEvaluator(**TRAIN_ALL).evaluate(model, tok, item)[0]
+    res = SECLEvaluator(**TRAIN_ALL).evaluate(model, tok, STREAM[:1])[0]
+    assert res == trained[1][0]  # deterministic: same as the first question of the shared stream
     e = res.extra
     assert e["updated"] and e["skip_reason"] is None
     c0, c_hat, c1 = e["confidence_before_update"], e["clipped_target"], res.confidence
@@ -130,12 +144,10 @@ def test_bigger_learning_rate_moves_further(tok):
     assert 0 < moves[0] < moves[1]
 
 
-def test_gate_signal_and_targets_come_from_the_frozen_model(tok):
-    items = _items(5)
-    trained = SECLEvaluator(**TRAIN_ALL).evaluate(_model(), tok, items)
-    frozen = SECLEvaluator(gate="never", target_for_all=True).evaluate(_model(), tok, items)
+def test_gate_signal_and_targets_come_from_the_frozen_model(trained, frozen):
+    trained, frozen = trained[1], frozen[1]
     assert all(r.extra["updated"] for r in trained) and not any(r.extra["updated"] for r in frozen)
-    for a, b in zip(trained, frozen):  # adapters off: identical even after four updates
+    for a, b in zip(trained, frozen):  # adapters off: identical even after updates
         assert a.extra["entropy"] == pytest.approx(b.extra["entropy"], abs=1e-6)
         assert a.extra["ptrue"] == pytest.approx(b.extra["ptrue"], abs=1e-6)
         assert a.extra["base_option_probs"] == pytest.approx(b.extra["base_option_probs"], abs=1e-6)
@@ -146,18 +158,16 @@ def test_gate_signal_and_targets_come_from_the_frozen_model(tok):
     assert trained[-1].extra["confidence_before_update"] != pytest.approx(frozen[-1].confidence, abs=1e-7)
 
 
-def test_skip_when_bins_agree_and_gate_closed(tok):
-    items = _items(3)
-    res = SECLEvaluator(gate="always", skip_bin_distance=9).evaluate(_model(), tok, items)
-    assert [r.extra["skip_reason"] for r in res] == ["bins_agree"] * 3 and all("ptrue" in r.extra for r in res)
-    res = SECLEvaluator(gate="never").evaluate(_model(), tok, items)
-    assert [r.extra["skip_reason"] for r in res] == ["gate_closed"] * 3 and not any("ptrue" in r.extra for r in res)
+def test_skip_when_bins_agree_and_gate_closed(tok, frozen):
+    res = SECLEvaluator(gate="always", skip_bin_distance=9).evaluate(_model(), tok, STREAM[:2])
+    assert [r.extra["skip_reason"] for r in res] == ["bins_agree"] * 2 and all("ptrue" in r.extra for r in res)
+    assert [r.extra["skip_reason"] for r in frozen[1]] == ["gate_closed"] * 4
 
 
 def test_page_hinkley_gate_warmup_and_burst_in_the_stream(tok):
     # A threshold this small fires as soon as the warm-up ends; the burst then opens exactly `burst` questions.
     cfg = dict(gate="page_hinkley", warmup=3, burst=2, ph_threshold=1e-9, ph_epsilon=0.0, ema_alpha=1.0)
-    res = SECLEvaluator(**cfg).evaluate(_model(), tok, _items(8))
+    res = SECLEvaluator(**cfg).evaluate(_model(), tok, _items(6))
     gate = [r.extra["gate"] for r in res]
     assert [g["warmup"] for g in gate[:3]] == [True, True, False]
     assert not any(g["may_update"] for g in gate[:2])
@@ -165,22 +175,21 @@ def test_page_hinkley_gate_warmup_and_burst_in_the_stream(tok):
     assert first >= 2 and [g["may_update"] for g in gate[first:first + 2]] == [True, True]
 
 
-def test_cost_is_counted(tok):
-    items = _items(3, k=4)
-    never = SECLEvaluator(gate="never")
-    s = never.summarize(never.evaluate(_model(), tok, items))
-    assert s["cost_per_question"] == {**s["cost_per_question"], "method": 2.0, "diagnostic": 0.0}
-    always = SECLEvaluator(**TRAIN_ALL)
-    res = always.evaluate(_model(), tok, items)
+def test_cost_is_counted(trained, frozen):
+    never, res = frozen
+    s = never.summarize(res)  # P(True) on every question (4 options) is diagnostic cost when the gate is closed
+    assert s["cost_per_question"] == {**s["cost_per_question"], "method": 2.0, "diagnostic": 4.0}
+    assert "ptrue" in s and s["ptrue"]["covers"] == "all questions"
+    always, res = trained
     # first question: base 1 + confidence 1 + P(True) 4 + 3 steps x 3 + confidence after 1 (the adapted answer is the
     # base one while the adapter is zero); later ones add the adapted answer forward, and 1 diagnostic forward for
     # the base model's own confidence
-    assert [r.extra["cost"]["method"] for r in res] == [16, 17, 17]
-    assert [r.extra["cost"]["diagnostic"] for r in res] == [0, 1, 1]
+    assert [r.extra["cost"]["method"] for r in res] == [16, 17, 17, 17]
+    assert [r.extra["cost"]["diagnostic"] for r in res] == [0, 1, 1, 1]
     s = always.summarize(res)
-    assert s["share_trained"] == 1.0 and s["n_updates"] == 3 and s["cost_per_question"]["method"] == pytest.approx(50 / 3)
-    assert {"secl", "verbalized_base", "ptrue", "secl_before_update"} <= s.keys() and s["secl"]["n"] == 3
-    assert 0.0 <= s["format"]["mean_digit_mass"] <= 1.0 and sum(s["format"]["verbalized_bin_counts"]) == 3
+    assert s["share_trained"] == 1.0 and s["n_updates"] == 4 and s["cost_per_question"]["method"] == pytest.approx(67 / 4)
+    assert {"secl", "verbalized_base", "ptrue", "secl_before_update"} <= s.keys() and s["secl"]["n"] == 4
+    assert 0.0 <= s["format"]["mean_digit_mass"] <= 1.0 and sum(s["format"]["verbalized_bin_counts"]) == 4
 
 
 # -- label-freedom ---------------------------------------------------------------------------------------------------
@@ -189,8 +198,8 @@ def _label_free_view(results):
              {k: v for k, v in r.extra.items()}) for r in results]
 
 
-def test_gold_labels_change_nothing_the_evaluator_produces(tok, monkeypatch):
-    items = _items(5)
+def test_gold_labels_change_nothing_the_evaluator_produces(tok, monkeypatch, trained):
+    items = STREAM[:3]
     seen_golds = []
     original = SECLEvaluator._process
 
@@ -213,8 +222,8 @@ def test_gold_labels_change_nothing_the_evaluator_produces(tok, monkeypatch):
         assert [r.gold for r in results] == [it.gold for it in variant]  # re-attached for the metrics only
         assert [r.correct for r in results] == [None if it.gold is None else r.prediction == it.gold
                                                 for r, it in zip(results, variant)]
-    assert views["labelled"] == views["shuffled"] == views["deleted"]
-    assert seen_golds == [(None, {})] * 15
+    assert views["labelled"] == views["shuffled"] == views["deleted"] == _label_free_view(trained[1][:3])
+    assert seen_golds == [(None, {})] * 9
 
 
 # -- checkpoint / resume ---------------------------------------------------------------------------------------------
@@ -223,26 +232,26 @@ RESUME = dict(gate="page_hinkley", warmup=2, burst=3, ph_threshold=1e-9, ph_epsi
 
 
 def test_interrupt_and_resume_equals_uninterrupted(tok, tmp_path, monkeypatch):
-    items = _items(9)
+    items = _items(7)
     full = SECLEvaluator(**RESUME, checkpoint_dir=str(tmp_path / "full"))
     expected = full.evaluate(_model(), tok, items)
     assert 0 < sum(r.extra["updated"] for r in expected) < len(items)  # the gate both opened and closed
 
     original, calls = SECLEvaluator._process, []
 
-    def crash_on_seventh(self, *args):
+    def crash_on_sixth(self, *args):
         calls.append(1)
-        if len(calls) == 7:
+        if len(calls) == 6:
             raise KeyboardInterrupt
         return original(self, *args)
 
     model = _model()
-    monkeypatch.setattr(SECLEvaluator, "_process", crash_on_seventh)
+    monkeypatch.setattr(SECLEvaluator, "_process", crash_on_sixth)
     with pytest.raises(KeyboardInterrupt):
         SECLEvaluator(**RESUME, checkpoint_dir=str(tmp_path / "cut")).evaluate(model, tok, items)
     assert not any("lora" in n for n, _ in model.named_modules())  # unwrapped even after the interruption
     latest = json.loads((tmp_path / "cut" / "latest.json").read_text())
-    assert latest["questions_done"] == 6
+    assert latest["questions_done"] == 4
     monkeypatch.setattr(SECLEvaluator, "_process", original)
 
     resumed = SECLEvaluator(**RESUME, checkpoint_dir=str(tmp_path / "cut"))
@@ -264,10 +273,8 @@ def test_resume_refuses_another_stream_or_config(tok, tmp_path):
         SECLEvaluator(gate="never", lora_r=4, checkpoint_dir=str(tmp_path)).evaluate(_model(), tok, _items(2))
 
 
-def test_save_load_continues_the_adapter(tok, tmp_path):
-    items = _items(3)
-    secl = SECLEvaluator(**TRAIN_ALL)
-    secl.evaluate(_model(), tok, items)
+def test_save_load_continues_the_adapter(tok, tmp_path, trained):
+    secl = trained[0]
     secl.save(tmp_path / "ev")
     loaded = load_evaluator(tmp_path / "ev")
     assert isinstance(loaded, SECLEvaluator) and loaded.counters == secl.counters
@@ -304,18 +311,18 @@ def test_catto_eval_method_secl(tok, tmp_path):
     model_dir = tmp_path / "model"
     _model().save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    rows = [{"question": it.question, "choices": list(it.choices), "answer": it.gold} for it in _items(6)]
+    rows = [{"question": it.question, "choices": list(it.choices), "answer": it.gold} for it in _items(4)]
     data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     argv = ["eval", "--method", "secl", "--model", str(model_dir), "--data", f"mmlu:{data}", "--out", str(out),
             "--bootstrap", "0", "--no-progress", "--no-plots", "--gate", "always", "--skip-bin-distance", "0",
-            "--train-steps", "1", "--target-modules", "q_proj", "--checkpoint-every", "4"]
+            "--train-steps", "1", "--target-modules", "q_proj", "--checkpoint-every", "3"]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     (name, ds), = metrics["datasets"].items()
-    assert ds["n_items"] == 6 and ds["method_metrics"]["share_trained"] == 1.0
+    assert ds["n_items"] == 4 and ds["method_metrics"]["share_trained"] == 1.0
     assert ds["evaluator"]["config"]["train_steps"] == 1 and ds["evaluator"]["config"]["target_modules"] == ["q_proj"]
     state = out / name / "state"
-    assert json.loads((state / "latest.json").read_text())["questions_done"] == 6
+    assert json.loads((state / "latest.json").read_text())["questions_done"] == 4
     assert (state / "adapter" / "adapter_model.safetensors").exists()
