@@ -302,19 +302,20 @@ def fit_temperature(label_logits: Sequence[Sequence[float]], labels: Sequence[in
     y = torch.tensor(labels, dtype=torch.long)
     if not torch.isfinite(z.gather(1, y[:, None])).all() or (y < 0).any():
         raise ValueError("fit_temperature: a label points outside its row of logits.")
+    if not torch.isfinite(z[z != -torch.inf]).all():
+        raise ValueError("fit_temperature: the logits contain NaN/inf.")
+    bounds = (math.log(T_RANGE[0]), math.log(T_RANGE[1]))
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss = torch.nn.functional.cross_entropy(z / log_t.clamp(*bounds).exp(), y)
         loss.backward()
         return loss
 
     opt.step(closure)
-    if not torch.isfinite(log_t.detach()):
-        raise FloatingPointError("fit_temperature diverged; check the logits for NaN/inf.")
-    return float(log_t.detach().clamp(math.log(T_RANGE[0]), math.log(T_RANGE[1])).exp())
+    return float(log_t.detach().nan_to_num(bounds[1]).clamp(*bounds).exp())
 
 
 @dataclass(frozen=True)
