@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any
 
-from .results import ItemResult, write_json_atomic
+from .results import ItemResult, write_json_atomic, write_results_jsonl
 
 TABLE_KEYS = ("accuracy", "ece", "brier", "nll", "auroc", "aurc")
 
@@ -78,14 +78,6 @@ def _evaluator_config(cls, args: argparse.Namespace, overrides: dict[str, Any]):
     if unknown:
         raise SystemExit(f"catto report: {cls.name} has no config field(s) {sorted(unknown)}; known: {sorted(fields)}.")
     return cls.config_class(**{**values, **overrides})
-
-
-def _write_results(path: str, results: list[ItemResult]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(r.to_json() + "\n" for r in results)
-    os.replace(tmp, path)
 
 
 def _read_results(path: str) -> list[ItemResult]:
@@ -221,7 +213,7 @@ def run_report(args: argparse.Namespace) -> dict:
                 per_method[name] = [by_id[it.id] for it in items]
         summaries, extras = {}, {}
         for m, results in per_method.items():
-            _write_results(os.path.join(args.out, m, ds_name, "results.jsonl"), results)
+            write_results_jsonl(os.path.join(args.out, m, ds_name, "results.jsonl"), results)
             labelled = [r for r in results if r.gold is not None]
             summaries[m] = summarize_results(labelled, n_bins=args.n_bins, binning=args.binning,
                                              n_resamples=args.bootstrap, seed=args.seed)
@@ -264,15 +256,14 @@ def _plots(args, ds_name: str, per_method: dict[str, list[ItemResult]]) -> dict[
 
     if args.no_plots or importlib.util.find_spec("matplotlib") is None:
         return {}
-    from .plots import risk_coverage_plot
-    from .report_plots import reliability_grid
+    from .plots import reliability_diagrams, risk_coverage_plot
 
     curves = {m: ([r.confidence for r in rs if r.gold is not None],
                   [r.prediction is not None and bool(r.correct) for r in rs if r.gold is not None])
               for m, rs in per_method.items()}
     folder = os.path.join(args.out, "plots")
-    rel = reliability_grid(curves, os.path.join(folder, f"{ds_name}_reliability.png"), n_bins=args.n_bins,
-                           binning=args.binning, title=ds_name)
+    rel = reliability_diagrams(curves, os.path.join(folder, f"{ds_name}_reliability.png"), n_bins=args.n_bins,
+                               binning=args.binning, title=ds_name)
     rc = risk_coverage_plot(curves, os.path.join(folder, f"{ds_name}_risk_coverage.png"), title=ds_name)
     return {"reliability": os.path.relpath(rel, args.out), "risk_coverage": os.path.relpath(rc, args.out)}
 

@@ -70,6 +70,16 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_results_jsonl(path: str | os.PathLike, results: Iterable[ItemResult]) -> None:
+    """Write `results` as one JSON line each, atomically (a temp file, then rename): a reader never sees half."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(r.to_json() + "\n" for r in results)
+    os.replace(tmp, path)
+
+
 class ResultsFile:
     """Append-only JSONL of `ItemResult`s that a re-run resumes.
 

@@ -26,7 +26,7 @@ import types
 import typing
 from typing import Any
 
-from ..results import ItemResult, write_json_atomic
+from ..results import write_json_atomic, write_results_jsonl
 from . import get_evaluator_class, load_evaluator
 
 
@@ -95,14 +95,6 @@ def _fit_source_error(method: str) -> SystemExit:
                       "dataset), --fit-first N (fit on the first N items of each --data) or --load-evaluator DIR.")
 
 
-def _write_results(path: str, results: list[ItemResult]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(r.to_json() + "\n" for r in results)
-    os.replace(tmp, path)
-
-
 def run_eval_method(args: argparse.Namespace) -> dict:
     """Fit (or load) the evaluator, evaluate each `--data` spec, write results.jsonl, metrics.json and plots."""
     from ..cli import eval_run_record, load_eval_datasets, load_eval_model, write_eval_plots
@@ -157,7 +149,7 @@ def run_eval_method(args: argparse.Namespace) -> dict:
         results = evaluator.evaluate(model, tokenizer, items)
         if len(results) != len(items):
             raise RuntimeError(f"{args.method}.evaluate returned {len(results)} results for {len(items)} items.")
-        _write_results(os.path.join(folder, "results.jsonl"), results)
+        write_results_jsonl(os.path.join(folder, "results.jsonl"), results)
         labelled = [r for r in results if r.gold is not None]
         summary = summarize_results(results, n_bins=args.n_bins, binning=args.binning,
                                     n_resamples=args.bootstrap, seed=args.seed) if labelled else {"n": 0}
