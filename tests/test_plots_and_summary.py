@@ -81,3 +81,15 @@ def test_plots_are_written(tmp_path):
         image = matplotlib.image.imread(path)
         assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0  # a real, non-blank picture
     assert not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_predictions_that_are_not_the_argmax_are_scored_as_given():
+    results = _results(60, seed=4)
+    # A sampler picked the second most likely option with its own confidence (as Confidence@k may).
+    sampled = []
+    for r in results:
+        second = int(np.argsort(r.option_probs)[-2])
+        sampled.append(ItemResult(r.id, r.option_probs, second, 0.5, r.gold, second == r.gold))
+    summary = summarize_results(sampled, n_bins=10, n_resamples=0)
+    assert summary["accuracy"]["value"] == pytest.approx(np.mean([r.correct for r in sampled]))
+    assert summary["ece"]["value"] == pytest.approx(ece([0.5] * 60, [r.correct for r in sampled], n_bins=10))
