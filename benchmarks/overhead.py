@@ -84,7 +84,8 @@ from catto.modeling import load_model_and_tokenizer  # noqa: E402
 from catto.results import write_json_atomic  # noqa: E402
 from catto.synthetic import SPECIAL, make_model  # noqa: E402
 
-METHODS = ("dpo", "catto", "dpo_compact")  # dpo_compact: opt-in control (--with-dpo-compact)
+# dpo_compact and catto_compact: opt-in controls (--with-dpo-compact, --with-catto-compact)
+METHODS = ("dpo", "catto", "dpo_compact", "catto_compact")
 EOS = "<eos>"
 
 # The CPU demo (recipes/demo/catto.yaml and its twin dpo.yaml), used with --model: its data, LoRA and catto settings.
@@ -240,7 +241,7 @@ def build_trainer(method: str, cfg: BenchConfig, tokenizer: PreTrainedTokenizerF
     catto_settings = {**DEMO_CATTO, "catto_alpha": cfg.catto_alpha} if cfg.model else {"catto_alpha": cfg.catto_alpha}
     if method in ("dpo", "dpo_compact"):
         trainer_cls, args = DPOTrainer, DPOConfig(**common)
-    elif method == "catto":
+    elif method in ("catto", "catto_compact"):
         trainer_cls, args = CATTODPOTrainer, CATTOConfig(**common, **catto_settings)
     else:
         raise ValueError(method)
@@ -334,7 +335,7 @@ def time_alternating(trainers: dict[str, DPOTrainer], batches: dict[str, list[di
     for i in range(cfg.warmup + cfg.steps):
         for method, trainer in trainers.items():
             c0, t0 = time.process_time(), time.perf_counter()
-            loss = train_step(trainer, batches[method][i], compact=method == "dpo_compact")
+            loss = train_step(trainer, batches[method][i], compact=method.endswith("_compact"))
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             out[method]["warmup_times_s" if i < cfg.warmup else "times_s"].append(elapsed)
             if i >= cfg.warmup:
@@ -400,7 +401,7 @@ def profile_alternating(trainers: dict[str, DPOTrainer], batches: dict[str, list
     walls: dict[str, list[float]] = {m: [] for m in trainers}
     for i in range(cfg.warmup + n_steps):
         for method, trainer in trainers.items():
-            compact = method == "dpo_compact"
+            compact = method.endswith("_compact")
             if i < cfg.warmup:
                 train_step(trainer, batches[method][i], compact)
                 continue
@@ -465,7 +466,7 @@ def measure_memory(method: str, cfg: BenchConfig) -> dict[str, Any]:
         gc.collect()
         hwm_reset = reset_hwm()
         base = proc_status_kib()["VmRSS"]
-        compact = method == "dpo_compact"
+        compact = method.endswith("_compact")
         train_step(trainer, batches[0], compact)
         gc.collect()
         after_first = proc_status_kib()
@@ -578,9 +579,11 @@ def versions() -> dict[str, str]:
             "datasets": datasets.__version__, "catto": catto.__version__}
 
 
-def ratios(report: dict[str, Any], baseline: str) -> dict[str, float | None]:
-    """CATTO / `baseline`: ratio of median step times and of the peak RSS increases (when memory was measured)."""
+def ratios(report: dict[str, Any], baseline: str, method: str = "catto") -> dict[str, float | None]:
+    """`method` / `baseline`: ratio of median step times and of the peak RSS increases (when memory was measured)."""
     t, mem = report["time"], report.get("memory")
+    t = {"catto": t[method], baseline: t[baseline]}
+    mem = {"catto": mem[method], baseline: mem[baseline]} if mem else None
     out: dict[str, float | None] = {"time_median": t["catto"]["median_s"] / t[baseline]["median_s"]}
     if t["catto"].get("cpu_times_s"):
         # CPU time of the process, and the median of the per-round ratios (steps i of both methods ran back to back
@@ -679,6 +682,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--with-dpo-compact", action="store_true",
                    help="also time DPOTrainer scoring only response tokens (TRL's CUDA layout) as a control")
+    p.add_argument("--with-catto-compact", action="store_true",
+                   help="also time CATTODPOTrainer with its reference pass scoring only response tokens (the control "
+                        "for dpo_compact: both passes of both trainers then score the same positions)")
     p.add_argument("--measure-memory", choices=METHODS, help=argparse.SUPPRESS)  # child mode
     return p.parse_args(argv)
 
@@ -722,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     n_batches = cfg.warmup + (args.profile or cfg.steps)
     tokenizer = load_tokenizer(cfg)
     dataset = make_dataset(cfg, cfg.batch * n_batches)
-    methods = list(METHODS if args.with_dpo_compact else METHODS[:2])
+    methods = ["dpo", "catto"] + [m for m in METHODS[2:] if getattr(args, f"with_{m}")]
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {m: build_trainer(m, cfg, tokenizer, dataset, os.path.join(tmp, m)) for m in methods}
         batches = {m: make_batches(trainers[m], cfg, n_batches) for m in methods}
@@ -743,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
                      "catto_policy": response_positions, "catto_reference": trl_positions}
         if "dpo_compact" in methods:
             positions |= {"dpo_compact_policy": response_positions, "dpo_compact_reference": response_positions}
+        if "catto_compact" in methods:
+            positions |= {"catto_compact_policy": response_positions, "catto_compact_reference": response_positions}
         n_params = sum(p.numel() for p in trainers["dpo"].model.parameters())
         n_trainable = sum(p.numel() for p in trainers["dpo"].model.parameters() if p.requires_grad)
         model_config = trainers["dpo"].model.config.get_text_config()
@@ -785,6 +793,10 @@ def main(argv: list[str] | None = None) -> int:
         report["dpo_compact_max_abs_loss_diff_vs_dpo"] = max(
             abs(a - b) for a, b in zip(steps["dpo"]["losses"], steps["dpo_compact"]["losses"])
         )
+    if "catto_compact" in methods:
+        report["catto_compact_max_abs_loss_diff_vs_catto"] = max(
+            abs(a - b) for a, b in zip(steps["catto"]["losses"], steps["catto_compact"]["losses"])
+        )
     if not args.no_memory:
         print("Measuring peak memory in one subprocess per method...", flush=True)
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -792,7 +804,10 @@ def main(argv: list[str] | None = None) -> int:
             for m in methods:
                 runs[m].append(memory_in_subprocess(m, child_cli_args(cfg)))
         report["memory"] = {m: median_memory(runs[m]) for m in methods}
-    report["ratios"] = {f"catto/{m}": ratios(report, m) for m in methods if m != "catto"}
+    report["ratios"] = {f"catto/{m}": ratios(report, m) for m in methods if m not in ("catto", "catto_compact")}
+    if "catto_compact" in methods:
+        report["ratios"]["catto_compact/dpo_compact" if "dpo_compact" in methods else "catto_compact/dpo"] = ratios(
+            report, "dpo_compact" if "dpo_compact" in methods else "dpo", method="catto_compact")
     report["wall_time_s"] = time.time() - started
     write_json_atomic(args.out, report)
     print_table(report)
