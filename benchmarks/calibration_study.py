@@ -41,6 +41,7 @@ import functools
 import gc
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=None, help="Override the recipe's learning rate.")
-    parser.add_argument("--eval-items", type=int, default=200, help="Items per evaluation data set.")
+    parser.add_argument("--eval-items", type=int, default=200,
+                        help="Items per evaluation data set: a seeded random sample (seed 0) of the split.")
     parser.add_argument("--eval", default=None, help="Comma list of evaluation sets (default: all six).")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "calibration_study"))
@@ -150,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval:
         specs = {k: v for k, v in specs.items() if k in args.eval.split(",")}
     id_name = next(iter(specs))
-    items = {name: list(load_mcqa(spec, split=split, limit=args.eval_items, on_invalid="skip"))
-             for name, (spec, split) in specs.items()}
+    items = {}
+    for name, (spec, split) in specs.items():  # a seeded sample (MMLU's first items would all be one subject)
+        pool = list(load_mcqa(spec, split=split, on_invalid="skip"))
+        items[name] = random.Random(0).sample(pool, min(args.eval_items, len(pool)))
     train_spec = f"commonsense_qa:{SHARED / 'commonsense_qa' / 'train_rand_split.jsonl'}"
     out = Path(args.out)
     scoring = ScoringConfig("cloze", cloze_normalization="char")

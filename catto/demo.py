@@ -502,7 +502,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MCQA spec to evaluate on besides the held-out items (repeatable; default arc_easy and "
                              "sciq in --data).")
     parser.add_argument("--train-items", type=int, default=800, help="Items that become training pairs (default 800).")
-    parser.add_argument("--eval-items", type=int, default=200, help="Items per evaluation set (default 200).")
+    parser.add_argument("--eval-items", type=int, default=100, help="Items per evaluation set (default 100).")
     parser.add_argument("--steps", type=int, default=None, help="Training steps per run (default: the recipe's).")
     parser.add_argument("--batch-size", type=int, default=None, help="Training batch (default: the recipe's).")
     parser.add_argument("--alpha", type=float, default=None, help="catto_alpha of the CATTO run (default: recipe's).")
