@@ -9,14 +9,20 @@ What it measures, on CPU in float32 (bf16=False, no activation checkpointing, ex
   `trainer.training_step` (policy forward, reference forward, loss, backward), gradient clipping to `max_grad_norm`,
   `optimizer.step()` and `optimizer.zero_grad()`. No scheduler, no logging callbacks, no data loading (the batches
   are collated beforehand by each trainer's own collator and checked to be identical). Reported: the median wall time
-  of each and the ratio of medians (CATTO / DPO).
-- **Peak memory.** Each method runs again in its own subprocess (`--measure-memory dpo|catto[|dpo_compact]`) so the
+  of each and the ratio of medians (CATTO / DPO); also the CPU time of the process per step (`time.process_time`:
+  on a CPU shared with other jobs it leaves out the time a step waited for a core) and the median of the per-round
+  ratios (step i of each method ran back to back on the same batch).
+- **Peak memory.** Each method runs again in its own subprocess (`--measure-memory METHOD`) so the
   peaks do not mix: it builds the trainer, the optimizer and the batches, resets the kernel's RSS high-water mark
   (writes "5" to `/proc/self/clear_refs`), takes `VmRSS` as the baseline and after `--mem-steps` steps reads
   `VmHWM`. Reported: the peak RSS increase over that baseline (it includes the gradients and AdamW states allocated
   by the first step, the same for both methods), the same over the later steps only ("steady", baseline taken after
   the first step), and their ratios. RSS is coarse (the allocator may keep freed pages), so read small differences
-  with care.
+  with care; `--mem-repeats R` runs R subprocesses per method (alternated) and reports the medians.
+- **Profile** (`--profile N`, instead of the timing and memory): N alternated steps per method, each under
+  `torch.profiler`; per step, CPU time in TRL's LM-head kernel (`ChunkedLogProbFunction`, forward = policy and
+  reference passes, and its backward), in catto's (`ChunkedCalibrationStats` and its backward), in gradient clipping
+  and the optimizer, and the top operators by self CPU time.
 
 Model: `LlamaForCausalLM`, hidden 256, 4 layers, intermediate 4 x hidden = 1024 (not Llama's 2.6875 ratio), head dim
 64 (4 query heads, 2 key/value heads), vocab 32000, untied LM head, SDPA attention. Data: prompt 128 random tokens,
@@ -31,12 +37,27 @@ TRL also scores only the response tokens. The reference forward goes through TRL
 `--with-dpo-compact` adds a third method to the rotation, `dpo_compact`: the same `DPOTrainer`, its fused LM head
 made to score only the response tokens as it does on CUDA (during its steps `trl.trainer.utils._use_triton`, which
 only picks that layout, answers True; TRL's torch kernel still runs, and its losses must match `dpo`'s). It separates
-"fewer positions scored" from "a different kernel".
+"fewer positions scored" from "a different kernel". `--with-catto-compact` adds its counterpart, `catto_compact`:
+`CATTODPOTrainer` with TRL's reference pass made compact the same way, so that both passes of both trainers score the
+same positions and `catto_compact / dpo_compact` is the cost of the CATTO kernel and term alone.
 
-Rerun (about 2 minutes on 2 CPU cores at the defaults, about 3 with `--with-dpo-compact`):
+**The demo set-up** (`--model PATH [--lora]`): instead of the tiny random Llama, a real model folder in float32 (e.g.
+SmolLM2-135M-Instruct, the CPU demo's model) with, under `--lora`, PEFT LoRA as in `recipes/demo/catto.yaml` (r 16,
+alpha 32, dropout 0, all-linear; no `ref_model`, so TRL's reference pass is the policy with its adapters disabled;
+the adapter is drawn after `torch.manual_seed(seed)` and checked identical across methods). Data: the first
+batch x (warmup + steps) valid CommonsenseQA train items (`--data`, a `catto.data.load_mcqa` spec) as cloze pairs
+(`catto.data.mcqa_to_preference`, one random wrong option per item, as `catto train` builds them), batch 8,
+`max_length` 256, `beta` 0.1, learning rate 5e-4, and for CATTO the demo's `catto_alpha` 0.3, confidence max, margin
+logit, loss l1, sequences both (`DEMO_*` below mirror the recipe). The sequences are short (about 30 tokens, 2-3
+response tokens), so TRL's CPU layout scores about 12x more LM-head positions than the response tokens.
+
+Rerun (about 2 minutes on 2 CPU cores at the defaults, about 3 with `--with-dpo-compact`; with catto installed,
+`pip install -e .`, or from the repository root with `PYTHONPATH=.`):
 
     python benchmarks/overhead.py [--steps 8] [--warmup 2] [--out benchmarks/results/overhead.json]
                                   [--hidden 256 --layers 4 --vocab 32000 --seq 256 --batch 4] [--with-dpo-compact]
+    OMP_NUM_THREADS=1 python benchmarks/overhead.py --model ~/.cache/catto/models/SmolLM2-135M-Instruct --lora \
+        --steps 8 --warmup 2 --mem-repeats 2 --with-dpo-compact --out benchmarks/results/overhead_smollm2_lora_cpu.json
 
 Prints a small table and writes (atomically) a JSON report with the configuration, per-step times and losses,
 medians, ratios, memory numbers, versions and machine information.
