@@ -29,7 +29,8 @@ def summarize_results(results: Sequence[ItemResult], *, n_bins: int = 15, binnin
 
     With the same number of options for every item, and every item answered, the (N, K) matrix is summarised (adding
     multiclass Brier, NLL and class-wise ECE). With ragged option counts, predictions that are not the argmax of their
-    option probabilities (a sampled answer), or items without an answer (a generation
+    option probabilities (a sampled answer), confidences that are not the max option probability (a verbalised
+    confidence), or items without an answer (a generation
     that could not be parsed: it counts as wrong, at the confidence its method gave it), the top-label metrics come
     from (confidence, correct) and the multiclass Brier and NLL from the zero-padded matrix. Abstention is not
     applied here: the metrics are those of the full set; methods report their selective scores themselves.
@@ -43,9 +44,10 @@ def summarize_results(results: Sequence[ItemResult], *, n_bins: int = 15, binnin
     kwargs = dict(n_bins=n_bins, binning=binning, n_resamples=n_resamples, seed=seed)
     # A sampled answer (Confidence@k) need not be the argmax of its option distribution: then the matrix form, which
     # predicts the argmax, would misreport; (confidence, correct) is what the method actually answered.
-    argmax_is_prediction = all(r.prediction == int(np.argmax(r.option_probs)) for r in labelled
-                               if r.prediction is not None)
-    if len(n_options) == 1 and not n_unanswered and argmax_is_prediction:
+    # Likewise a method whose confidence is not its max option probability (SECL's verbalised confidence).
+    matrix_is_the_answer = all(r.prediction == int(np.argmax(r.option_probs))
+                               and abs(r.confidence - max(r.option_probs)) < 1e-6 for r in labelled)
+    if len(n_options) == 1 and not n_unanswered and matrix_is_the_answer:
         summary = calibration_summary(probs, labels, **kwargs)
     else:
         conf = np.array([r.confidence for r in labelled])

@@ -86,3 +86,14 @@ def test_labelled_method_without_fit_source_says_how(tmp_path, model_dir, data_f
 def test_unknown_method_lists_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match="Unknown evaluator 'nope'"):
         main(["eval", "--method", "nope", "--model", "m", "--data", "d", "--out", str(tmp_path)])
+
+
+def test_stream_joins_the_data_in_order(tmp_path, model_dir, data_files):
+    out = tmp_path / "stream"
+    assert main(_base(model_dir, data_files, out) + ["--fit-data", data_files[0], "--stream"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["datasets"]) == ["stream"] and metrics["datasets"]["stream"]["n_items"] == 24
+    ids = [json.loads(x)["id"] for x in (out / "stream" / "results.jsonl").read_text().splitlines()]
+    names = list(json.loads((out / "metrics.json").read_text())["datasets"]["stream"]["spec"].split(" -> "))
+    assert len(names) == 2 and len(set(ids)) == 24  # ids made unique across the joined datasets
+    assert all(i.startswith("mmlu-a:") for i in ids[:12]) and all(i.startswith("mmlu-b:") for i in ids[12:])

@@ -93,3 +93,10 @@ def test_predictions_that_are_not_the_argmax_are_scored_as_given():
     summary = summarize_results(sampled, n_bins=10, n_resamples=0)
     assert summary["accuracy"]["value"] == pytest.approx(np.mean([r.correct for r in sampled]))
     assert summary["ece"]["value"] == pytest.approx(ece([0.5] * 60, [r.correct for r in sampled], n_bins=10))
+
+
+def test_a_confidence_other_than_the_max_probability_is_the_one_scored():
+    results = _results(60, seed=5)
+    verbalised = [ItemResult(r.id, r.option_probs, r.prediction, 0.9, r.gold, r.correct) for r in results]
+    summary = summarize_results(verbalised, n_bins=10, n_resamples=0)
+    assert summary["ece"]["value"] == pytest.approx(ece([0.9] * 60, [r.correct for r in results], n_bins=10))

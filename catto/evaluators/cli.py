@@ -12,6 +12,8 @@ from is one of:
 - `--load-evaluator DIR`: a saved evaluator (`Evaluator.save`), no fitting;
 - nothing, for label-free methods (`needs_labels = False`), which are evaluated as they are.
 
+`--stream` joins the `--data` specs, in order, into one dataset "stream" (a shift for streaming methods like SECL).
+
 A fitted evaluator is saved next to the results (`<out>/evaluator/` or `<out>/<dataset>/evaluator/`). A config field
 named `checkpoint_dir` left unset is pointed at `<out>/<dataset>/state`, so streaming methods resume there.
 """
@@ -82,6 +84,9 @@ def add_eval_arguments(group, method: str) -> None:
     group.add_argument("--fit-first", type=int, default=None,
                        help="Fit on the first N items of each --data spec and evaluate on the rest.")
     group.add_argument("--load-evaluator", default=None, help="Folder of a saved evaluator to use instead of fitting.")
+    group.add_argument("--stream", action="store_true",
+                       help="Evaluate the --data specs as one stream, in the order given (a distribution shift for "
+                            "streaming methods such as SECL), reported as one dataset named 'stream'.")
 
 
 def _config(cls, args: argparse.Namespace):
@@ -111,6 +116,14 @@ def run_eval_method(args: argparse.Namespace) -> dict:
     if args.fit_first is not None and args.fit_first < 1:
         raise SystemExit(f"catto eval: --fit-first must be >= 1, got {args.fit_first}.")
     datasets = load_eval_datasets(args)
+    if args.stream:
+        from ..cli import EvalDataset
+
+        parts = list(datasets.values())
+        # ids are only unique within a dataset: prefix each with its dataset's name
+        joined = [dataclasses.replace(it, id=f"{d.name}:{it.id}") for d in parts for it in d.items]
+        datasets = {"stream": EvalDataset("stream", " -> ".join(d.spec for d in parts), joined, [],
+                                          [s for d in parts for s in d.skipped])}
     fit_items = None
     if args.fit_data:
         fit_items = list(load_mcqa(args.fit_data, split=args.fit_split, limit=args.fit_limit, seed=args.seed,
