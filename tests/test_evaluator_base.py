@@ -88,3 +88,13 @@ def test_bad_folder_and_unknown_method(tmp_path):
 def test_config_or_kwargs_not_both():
     with pytest.raises(TypeError, match="not both"):
         _ShiftEvaluator(_ShiftConfig(), shift=1.0)
+
+
+def test_every_builtin_method_is_registered_and_listed_by_catto_eval():
+    from catto.cli import eval_methods
+    from catto.evaluators import BUILTIN_MODULES, get_evaluator_class
+
+    for name in ("temperature", "msp", "coral", "secl"):
+        cls = get_evaluator_class(name)
+        assert cls.name == name and cls.__module__.rsplit(".", 1)[1] in BUILTIN_MODULES
+    assert {"scoring", "confidence_at_k", "temperature", "msp", "coral", "secl"} <= set(eval_methods())

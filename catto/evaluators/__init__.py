@@ -19,12 +19,7 @@ BUILTIN_MODULES: tuple[str, ...] = ("temperature", "msp", "coral", "secl")
 
 def _import_all() -> None:
     for module in BUILTIN_MODULES:
-        name = f"{__name__}.{module}"
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:  # WIP-TOLERANCE: removed once every module exists
-            if err.name != name:
-                raise
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def get_evaluator_class(name: str) -> type[Evaluator]:
