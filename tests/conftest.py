@@ -14,3 +14,16 @@ from tiny import make_tokenizer  # noqa: E402
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def mcqa_model_dir(tmp_path_factory):
+    """A tiny random Llama + word-level tokenizer over `catto.synthetic.MCQA_VOCAB`, saved as a model folder (for the
+    code paths that load a model by path: catto eval, catto demo, catto train)."""
+    from catto.synthetic import MCQA_VOCAB, make_model
+    from catto.synthetic import make_tokenizer as make_mcqa_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-mcqa-model")
+    make_model(vocab_size=len(MCQA_VOCAB)).save_pretrained(path)
+    make_mcqa_tokenizer(MCQA_VOCAB).save_pretrained(path)
+    return str(path)

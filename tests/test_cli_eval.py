@@ -4,15 +4,11 @@ import pytest
 
 from catto.cli import main
 from catto.results import ResultsFile
-from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-mcqa-model")
-    make_model(vocab_size=len(MCQA_VOCAB)).save_pretrained(path)
-    make_tokenizer(MCQA_VOCAB).save_pretrained(path)
-    return str(path)
+def model_dir(mcqa_model_dir):
+    return mcqa_model_dir
 
 
 @pytest.fixture(scope="module")

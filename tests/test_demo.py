@@ -12,15 +12,11 @@ import pytest
 
 from catto import demo as demo_mod
 from catto.cli import main
-from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-demo-model")
-    make_model(vocab_size=len(MCQA_VOCAB)).save_pretrained(path)
-    make_tokenizer(MCQA_VOCAB).save_pretrained(path)
-    return str(path)
+def model_dir(mcqa_model_dir):
+    return mcqa_model_dir
 
 
 def _mmlu_file(path, n, offset=0):

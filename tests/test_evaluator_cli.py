@@ -7,17 +7,13 @@ import json
 import pytest
 
 from catto.cli import build_parser, main
-from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
 
 from test_evaluator_base import _ShiftEvaluator  # noqa: F401  (registers "_test_shift")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-model")
-    make_model(vocab_size=len(MCQA_VOCAB)).save_pretrained(path)
-    make_tokenizer(MCQA_VOCAB).save_pretrained(path)
-    return str(path)
+def model_dir(mcqa_model_dir):
+    return mcqa_model_dir
 
 
 @pytest.fixture(scope="module")
