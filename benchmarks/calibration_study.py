@@ -21,7 +21,9 @@ bootstrap interval; per arm the mean over the OOD sets.
 
 The selection rule (the issue's): among the CATTO arms whose ID accuracy and mean OOD accuracy are within one point
 of DPO's (same seeds), the one with the lowest mean OOD ECE (15 equal-width bins). With several seeds the means over
-seeds are compared, and the spread over seeds is reported next to each mean.
+seeds are compared, and the spread over seeds is reported next to each mean. `beyond_noise` says whether the chosen
+arm's pooled OOD ECE is below DPO's beyond the paired bootstrap interval for every seed; catto changes a default
+only when it is.
 
 Everything resumes: a finished training (adapter + trainer_state.json) and scored items (results.jsonl) are reused,
 so the study can be extended arm by arm or seed by seed:
@@ -51,7 +53,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from catto.demo import load_for_eval, train_argv, train_run  # noqa: E402
+from catto.demo import load_for_eval, paired_difference, train_argv, train_run  # noqa: E402
 from catto.metrics import aurc, auroc, bootstrap_ci, ece, top_label_brier_score  # noqa: E402
 from catto.results import write_json_atomic  # noqa: E402
 
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     scoring = ScoringConfig("cloze", cloze_normalization="char")
     runs: dict[str, dict] = {}
+    item_results: dict[str, dict[str, list]] = {}
     for arm in arms:
         for seed in seeds if arm != "base" else [0]:
             key = f"{arm}-s{seed}"
@@ -182,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = score_items(model, tokenizer, its, config=scoring, batch_size=16, progress=True,
                                   results_path=out / "eval" / key / name / "results.jsonl")
                 per_data[name] = metrics_of(res, args.bootstrap, seed=0)
+                item_results.setdefault(key, {})[name] = res
             del model
             gc.collect()
             runs[key] = {"arm": arm, "seed": seed, "overrides": overrides, "train": train_info,
@@ -203,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"ood_{metric}"], row[f"ood_{metric}_sd"] = mean(metric, ood)
         table[arm] = row
     selection = select_default(table, id_name) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
+    paired = pooled_differences(item_results, id_name, args.bootstrap)
+    if selection.get("chosen"):
+        # A default changes only on evidence: the chosen arm's pooled OOD ECE must be below DPO's beyond the paired
+        # bootstrap interval, for every seed run.
+        cis = [e["ood"]["ece15"]["ci"] for name, e in paired.items()
+               if name.startswith(f"{selection['chosen']}-s") and "ood" in e and "ci" in e["ood"]["ece15"]]
+        selection["ood_ece15_ci_vs_dpo"] = cis
+        selection["beyond_noise"] = bool(cis) and all(high < 0 for _, high in cis)
     payload = {
         "command": "python benchmarks/calibration_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model, "train_data": train_spec, "train_items": args.train_items, "steps": args.steps,
@@ -210,12 +222,46 @@ def main(argv: list[str] | None = None) -> int:
         "eval_items": args.eval_items, "eval_data": {k: v[0] for k, v in specs.items()}, "id": id_name,
         "scoring": scoring.to_dict(), "bootstrap": {"n_resamples": args.bootstrap, "interval": "percentile 95 %"},
         "arms": {a: ARMS[a][1] for a in arms}, "runs": runs, "table": table, "selection": selection,
+        "paired_differences": paired,
     }
     write_json_atomic(out / "study.json", payload)
     (out / "summary.md").write_text(summary_markdown(payload))
     plot(payload, out / "ece_by_arm.png")
     print(summary_markdown(payload))
     return 0
+
+
+def pooled_differences(item_results: dict[str, dict[str, list]], id_name: str, n_resamples: int) -> dict:
+    """Run vs dpo (same seed) and dpo vs base on the same items, ID and pooled OOD, with paired bootstrap intervals:
+    the test of whether a difference is beyond the noise of these items."""
+    ece15 = functools.partial(ece, n_bins=15)
+
+    def accuracy(conf, correct):
+        return float(np.mean(correct))
+
+    def pooled(key, names):
+        res = [r for n in names for r in item_results[key][n]]
+        return [r.confidence for r in res], [bool(r.correct) for r in res]
+
+    out = {}
+    keys = list(item_results)
+    for key in keys:
+        arm, seed = key.rsplit("-s", 1)
+        ref = "base-s0" if arm == "dpo" else f"dpo-s{seed}"
+        if arm == "base" or ref not in item_results:
+            continue
+        names = list(item_results[key])
+        groups = {"id": [id_name], "ood": [n for n in names if n != id_name]}
+        entry = {}
+        for group, members in groups.items():
+            if not members:
+                continue
+            a, b = pooled(key, members), pooled(ref, members)
+            entry[group] = {"n": len(a[0]), "accuracy": paired_difference(accuracy, a, b, n_resamples=n_resamples,
+                                                                           seed=0),
+                            "ece15": paired_difference(ece15, a, b, n_resamples=n_resamples, seed=0)}
+        out[f"{key} vs {ref}"] = entry
+    return out
 
 
 def summary_markdown(payload: dict) -> str:
@@ -241,6 +287,15 @@ def summary_markdown(payload: dict) -> str:
         lines.append(f"| {arm} | {row['seeds']} | {f('id_accuracy')} | {f('id_ece15')} | {f('ood_accuracy')} | "
                      f"{f('ood_ece15')} | {f('ood_ece10')} | {f('ood_ece15_mass')} | {f('ood_brier')} | "
                      f"{f('ood_auroc')} |")
+    lines += ["", "## Paired differences (same items; ID, and all OOD items pooled; 95 % paired bootstrap)", "",
+              "| comparison | ID accuracy | ID ECE15 | OOD accuracy | OOD ECE15 |", "|---|---|---|---|---|"]
+    for name, entry in payload.get("paired_differences", {}).items():
+        cells = []
+        for group in ("id", "ood"):
+            for metric in ("accuracy", "ece15"):
+                e = entry.get(group, {}).get(metric)
+                cells.append("-" if e is None else f"{e['value']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Selection (lowest mean OOD ECE15 among CATTO arms within 1 point of DPO's accuracy): "
                   f"`{json.dumps(payload['selection'])}`", ""]
     return "\n".join(lines)
