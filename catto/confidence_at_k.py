@@ -62,6 +62,7 @@ import torch
 from .answer_parsing import ParsedAnswer, parse_answer
 from .data.items import MCQAItem
 from .data.prompts import LetterFormat, apply_chat_template
+from .evaluators.temperature import fit_temperature as fit_padded_temperature
 from .results import ItemResult
 
 CONFIDENCE_KINDS = ("letter", "full_vocab", "sequence")
@@ -285,8 +286,9 @@ def select_all(candidates: Sequence[Candidate], greedy: Candidate | None, ks: Se
 def fit_temperature(label_logits: Sequence[Sequence[float]], labels: Sequence[int], max_iter: int = 100) -> float:
     """The temperature T > 0 minimising the NLL of `labels` under softmax(logits / T) (L-BFGS on log T).
 
-    Rows may have different lengths (ragged option counts). The result is clipped to `T_RANGE` (0.01-100): logits
-    with no signal about the labels (a model at chance) drive T towards infinity, i.e. uniform confidences.
+    Rows may have different lengths (ragged option counts); they are padded with -inf and fitted by
+    `catto.evaluators.temperature.fit_temperature` within `T_RANGE` (0.01-100): logits with no signal about the labels
+    (a model at chance) drive T to the top of the range, i.e. uniform confidences.
 
     >>> t = fit_temperature([[4.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 0.0]], [0, 1, 1, 0])
     >>> t > 1  # overconfident logits (3/4 right at ~98 %) get softened
@@ -304,18 +306,7 @@ def fit_temperature(label_logits: Sequence[Sequence[float]], labels: Sequence[in
         raise ValueError("fit_temperature: a label points outside its row of logits.")
     if not torch.isfinite(z[z != -torch.inf]).all():
         raise ValueError("fit_temperature: the logits contain NaN/inf.")
-    bounds = (math.log(T_RANGE[0]), math.log(T_RANGE[1]))
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / log_t.clamp(*bounds).exp(), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.detach().nan_to_num(bounds[1]).clamp(*bounds).exp())
+    return fit_padded_temperature(z, y, max_iter, t_range=T_RANGE)
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,12 @@ def padded_log_probs(results: Sequence[ItemResult]) -> torch.Tensor:
     return out
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
-    """The T > 0 minimising mean NLL of `labels` under softmax(logits / T) (LBFGS on log T, from T = 1).
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100,
+                    t_range: tuple[float, float] = (math.exp(-7), math.exp(7))) -> float:
+    """The T in `t_range` minimising mean NLL of `labels` under softmax(logits / T) (LBFGS on log T, from T = 1).
 
-    `logits` may hold -inf for absent options. The result never has a higher NLL than T = 1.
+    `logits` may hold -inf for absent options. The result never has a higher NLL than T = 1. Logits with no signal
+    about the labels drive T to the top of `t_range` (uniform confidences).
     """
     logits = torch.as_tensor(logits, dtype=torch.float64)
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -85,11 +87,14 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         raise ValueError(f"logits must be (N, K) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}.")
     if logits.shape[0] == 0:
         raise ValueError("fit_temperature needs at least one labelled item.")
+    if not 0 < t_range[0] < 1 < t_range[1]:
+        raise ValueError(f"t_range must satisfy 0 < low < 1 < high, got {t_range}.")
+    lo, hi = math.log(t_range[0]), math.log(t_range[1])
     finite = torch.isfinite(logits)
     safe = torch.where(finite, logits, torch.zeros_like(logits))
 
     def nll(log_t: torch.Tensor) -> torch.Tensor:
-        scaled = torch.where(finite, safe / log_t.exp(), torch.full_like(safe, -math.inf))
+        scaled = torch.where(finite, safe / log_t.clamp(lo, hi).exp(), torch.full_like(safe, -math.inf))
         return torch.nn.functional.cross_entropy(scaled, labels)
 
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -103,7 +108,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     opt.step(closure)
     with torch.no_grad():
-        fitted = log_t.clamp(-7, 7)
+        fitted = log_t.clamp(lo, hi)
         if not torch.isfinite(nll(fitted)) or nll(fitted) > nll(torch.zeros((), dtype=torch.float64)):
             fitted = torch.zeros((), dtype=torch.float64)
     return float(fitted.exp())
