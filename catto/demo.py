@@ -242,7 +242,8 @@ def train_argv(run: str, args: argparse.Namespace, model: str, train_spec: str, 
     if args.device == "cpu":
         argv += ["--use_cpu", "true"]
     elif args.device != "auto":
-        raise DemoSetupError(f"--device {args.device!r}: training follows accelerate's device choice; pass auto or cpu.")
+        raise DemoSetupError(f"--device {args.device!r}: training follows accelerate's device choice; pass auto or "
+                             "cpu.")
     else:
         import torch
 
@@ -278,7 +279,10 @@ def train_run(run: str, argv: list[str], out_dir: str) -> dict[str, Any]:
     with open(os.path.join(out_dir, "trainer_state.json")) as f:
         history = json.load(f)["log_history"]
     timing_path = os.path.join(out_dir, "demo_train_time.json")
-    timing = json.load(open(timing_path)) if os.path.exists(timing_path) else {}
+    timing = {}
+    if os.path.exists(timing_path):
+        with open(timing_path) as f:
+            timing = json.load(f)
     train_logs = [h for h in history if "loss" in h]
     summary = history[-1] if history and "train_runtime" in history[-1] else {}
     return {"output_dir": out_dir, "argv": argv, "train_seconds": timing.get("seconds"),
@@ -350,19 +354,13 @@ def compare_rows(results: dict[str, list], *, n_bins: int, n_resamples: int, see
 def format_demo_table(summaries: dict[str, dict[str, dict]],
                       keys=("accuracy", "confidence", "ece", "brier", "auroc")) -> str:
     """Markdown table, one row per (data set, model)."""
-    def cell(entry):
-        if entry is None:
-            return "-"
-        text = f"{entry['value']:.3f}"
-        if "ci" in entry:
-            text += f" [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
-        return text
+    from .evaluation import format_cell
 
     lines = ["| data | model | n | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
     for data, per_model in summaries.items():
         for model, summary in per_model.items():
-            lines.append(f"| {data} | {model} | {summary['n']} | " + " | ".join(cell(summary.get(k)) for k in keys)
-                         + " |")
+            cells = " | ".join(format_cell(summary.get(k)) for k in keys)
+            lines.append(f"| {data} | {model} | {summary['n']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -464,7 +462,8 @@ def run_real_demo(args: argparse.Namespace) -> dict[str, Any]:
         from .plots import reliability_diagrams
 
         for name, per in results.items():
-            curves = {label: ([r.confidence for r in res], [bool(r.correct) for r in res]) for label, res in per.items()}
+            curves = {label: ([r.confidence for r in res], [bool(r.correct) for r in res])
+                      for label, res in per.items()}
             plots[name] = reliability_diagrams(curves, os.path.join(out, f"reliability_{name.split(' ')[0]}.png"),
                                                n_bins=args.n_bins, title=name)
     else:

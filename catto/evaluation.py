@@ -64,18 +64,21 @@ def summarize_results(results: Sequence[ItemResult], *, n_bins: int = 15, binnin
     return summary
 
 
+def format_cell(entry: dict[str, Any] | None) -> str:
+    """One metric entry (`{"value", "ci"?}`) as table text: `0.123 [0.100, 0.150]`, `nan`, or `-` when absent."""
+    if entry is None:
+        return "-"
+    value = entry["value"]
+    text = "nan" if value != value else f"{value:.3f}"
+    if "ci" in entry:
+        text += f" [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
+    return text
+
+
 def format_table(rows: dict[str, dict[str, Any]], keys: Sequence[str] = ("accuracy", "ece", "brier", "auroc")) -> str:
     """Markdown table of `{dataset: summary}` with bootstrap intervals where present."""
-    def cell(entry: dict[str, Any] | None) -> str:
-        if entry is None:
-            return "-"
-        value = entry["value"]
-        text = "nan" if value != value else f"{value:.3f}"
-        if "ci" in entry:
-            text += f" [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
-        return text
 
     lines = ["| data | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, summary in rows.items():
-        lines.append(f"| {name} | {summary['n']} | " + " | ".join(cell(summary.get(k)) for k in keys) + " |")
+        lines.append(f"| {name} | {summary['n']} | " + " | ".join(format_cell(summary.get(k)) for k in keys) + " |")
     return "\n".join(lines)
