@@ -561,33 +561,40 @@ def _vectorised_resampler(
     return None
 
 
-def bootstrap_ci(
+INTERVAL_METHODS = ("percentile", "basic")
+
+
+def _group_index(groups: ArrayLike, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, starts, lengths): item positions sorted by group, and where each group's run starts and how long."""
+    g = np.asarray(groups)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise ValueError(f"`groups` must be 1-D with one entry per item ({n}), got shape {g.shape}.")
+    _, inverse = np.unique(g, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    lengths = np.bincount(inverse)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return order, starts, lengths
+
+
+def bootstrap_distribution(
     metric_fn: Callable[..., float],
     *arrays: ArrayLike,
     n_resamples: int = 1000,
-    confidence_level: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float, float]:
-    """``(point, low, high)``: ``metric_fn(*arrays)`` and its percentile bootstrap interval.
+    groups: ArrayLike | None = None,
+) -> tuple[float, np.ndarray]:
+    """``(point, values)``: ``metric_fn(*arrays)`` and its value on each of ``n_resamples`` bootstrap resamples
+    (NaN where the metric is undefined on a resample).
 
-    Items (rows along the first axis) are resampled with replacement jointly across all ``arrays``, so pairs such
-    as (confidence, correct) or (probs, labels) stay together. The same ``seed`` gives the same resamples, hence
-    the same interval, and the same resamples for every metric of one data set. Resample indices are drawn in
-    vectorised chunks. For `top_label_brier_score`, `brier_score`, `nll` (also ``functools.partial(nll, eps=...)``),
-    `auroc` and `aurc` the resampled values are computed for a whole chunk at once (identical up to float
-    rounding); any other metric is called once per resample. Resamples on which the metric is NaN (e.g. AUROC of a one-class resample) are dropped with an `UndefinedMetricWarning` giving their number.
-
-    >>> point, low, high = bootstrap_ci(top_label_brier_score, [0.9, 0.6, 0.8, 0.3], [1, 0, 1, 0], n_resamples=200)
-    >>> low <= point <= high
-    True
+    Items (rows along the first axis) are resampled with replacement jointly across all ``arrays``. With ``groups``
+    (one id per item), whole groups are resampled instead (a cluster bootstrap): the tokens of one sequence are not
+    independent, so an interval over tokens must resample sequences. See `bootstrap_ci` for the rest.
     """
     if not arrays:
         raise ValueError("`arrays` is empty: pass the metric's inputs after `metric_fn`.")
     if not callable(metric_fn):
         raise ValueError(f"`metric_fn` must be callable, got {type(metric_fn).__name__}.")
     _check_int("n_resamples", n_resamples, 1)
-    if not isinstance(confidence_level, (int, float)) or not 0.0 < confidence_level < 1.0:
-        raise ValueError(f"`confidence_level` must be in (0, 1), got {confidence_level!r}.")
     arrs = [_to_numpy(f"arrays[{i}]", a) for i, a in enumerate(arrays)]
     for i, a in enumerate(arrs):
         if a.ndim == 0:
@@ -600,13 +607,25 @@ def bootstrap_ci(
             raise ValueError(f"`arrays[0]` has {n} items but `arrays[{i}]` has {a.shape[0]}.")
 
     point = float(metric_fn(*arrs))
-    vectorised = _vectorised_resampler(metric_fn, arrs)
     rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CHUNK_ENTRIES // n)
     values = np.empty(n_resamples, dtype=np.float64)
     with warnings.catch_warnings():
-        # One warning about dropped resamples below says it all; do not repeat it per resample.
+        # One warning about dropped resamples (in bootstrap_ci) says it all; do not repeat it per resample.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
+        if groups is not None:
+            order, starts, lengths = _group_index(groups, n)
+            grouped = [a[order] for a in arrs]
+            n_groups = lengths.shape[0]
+            for r in range(n_resamples):
+                pick = rng.integers(0, n_groups, size=n_groups)
+                size = lengths[pick]
+                # positions of the picked groups' items, run after run, without a Python loop over groups
+                offsets = np.repeat(starts[pick] - (np.cumsum(size) - size), size)
+                idx = offsets + np.arange(size.sum())
+                values[r] = metric_fn(*(a[idx] for a in grouped))
+            return point, values
+        vectorised = _vectorised_resampler(metric_fn, arrs)
+        chunk = max(1, _BOOTSTRAP_CHUNK_ENTRIES // n)
         for start in range(0, n_resamples, chunk):
             idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
             if vectorised is not None:
@@ -614,6 +633,60 @@ def bootstrap_ci(
             else:
                 for j, row in enumerate(idx):
                     values[start + j] = metric_fn(*(a[row] for a in arrs))
+    return point, values
+
+
+def interval_from_distribution(
+    point: float, values: np.ndarray, confidence_level: float = 0.95, method: str = "percentile"
+) -> tuple[float, float]:
+    """A two-sided bootstrap interval from resampled values (NaNs ignored).
+
+    ``"percentile"``: the quantiles of the resampled values. ``"basic"`` (reverse percentile): ``2 point - q_hi,
+    2 point - q_lo``. The two differ when the estimator is biased: the plug-in ECE is biased upward, and its
+    resampled values are biased upward once more, so the percentile interval sits above the plug-in value (it can
+    exclude it) while the basic interval shifts down by the same bias and brackets the bias-corrected estimate
+    ``2 point - mean(values)``.
+    """
+    _check_choice("method", method, INTERVAL_METHODS)
+    finite = values[~np.isnan(values)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence_level) / 2.0
+    q_low, q_high = np.quantile(finite, [alpha, 1.0 - alpha])
+    if method == "percentile":
+        return float(q_low), float(q_high)
+    return float(2 * point - q_high), float(2 * point - q_low)
+
+
+def bootstrap_ci(
+    metric_fn: Callable[..., float],
+    *arrays: ArrayLike,
+    n_resamples: int = 1000,
+    confidence_level: float = 0.95,
+    seed: int = 0,
+    groups: ArrayLike | None = None,
+    method: str = "percentile",
+) -> tuple[float, float, float]:
+    """``(point, low, high)``: ``metric_fn(*arrays)`` and its bootstrap interval (``method``: "percentile" or
+    "basic", see `interval_from_distribution`).
+
+    Items (rows along the first axis) are resampled with replacement jointly across all ``arrays``, so pairs such
+    as (confidence, correct) or (probs, labels) stay together; with ``groups``, whole groups of items are resampled
+    (see `bootstrap_distribution`). The same ``seed`` gives the same resamples, hence the same interval, and the
+    same resamples for every metric of one data set. Resample indices are drawn in vectorised chunks. For
+    `top_label_brier_score`, `brier_score`, `nll` (also ``functools.partial(nll, eps=...)``), `auroc` and `aurc` the
+    resampled values are computed for a whole chunk at once (identical up to float rounding); any other metric is
+    called once per resample. Resamples on which the metric is NaN (e.g. AUROC of a one-class resample) are dropped
+    with an `UndefinedMetricWarning` giving their number.
+
+    >>> point, low, high = bootstrap_ci(top_label_brier_score, [0.9, 0.6, 0.8, 0.3], [1, 0, 1, 0], n_resamples=200)
+    >>> low <= point <= high
+    True
+    """
+    if not isinstance(confidence_level, (int, float)) or not 0.0 < confidence_level < 1.0:
+        raise ValueError(f"`confidence_level` must be in (0, 1), got {confidence_level!r}.")
+    _check_choice("method", method, INTERVAL_METHODS)
+    point, values = bootstrap_distribution(metric_fn, *arrays, n_resamples=n_resamples, seed=seed, groups=groups)
     finite = ~np.isnan(values)
     if not finite.all():
         warnings.warn(
@@ -624,9 +697,76 @@ def bootstrap_ci(
         )
     if not finite.any():
         return point, float("nan"), float("nan")
-    alpha = (1.0 - confidence_level) / 2.0
-    low, high = np.quantile(values[finite], [alpha, 1.0 - alpha])
-    return point, float(low), float(high)
+    low, high = interval_from_distribution(point, values, confidence_level, method)
+    return point, low, high
+
+
+def ece_noise_floor(
+    confidence: ArrayLike,
+    n_bins: int = 15,
+    binning: str = "equal_width",
+    n_simulations: int = 200,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """``(mean, 95th percentile)`` of the ECE of a *perfectly calibrated* predictor with these confidences.
+
+    Each simulation draws ``correct ~ Bernoulli(confidence)`` item by item and bins as `ece` does. On a finite set
+    even a calibrated model shows this much ECE: a measured ECE near the floor says nothing about miscalibration.
+
+    >>> mean, q95 = ece_noise_floor([0.7] * 100, n_bins=10, n_simulations=500)
+    >>> 0.02 < mean < 0.06 and q95 > mean   # |Binomial(100, 0.7)/100 - 0.7| averages about 0.037
+    True
+    """
+    _check_int("n_simulations", n_simulations, 1)
+    conf = _scores("confidence", confidence, probability=True)
+    rng = np.random.default_rng(seed)
+    sims = np.array([ece(conf, rng.random(conf.shape[0]) < conf, n_bins=n_bins, binning=binning)
+                     for _ in range(n_simulations)])
+    return float(sims.mean()), float(np.quantile(sims, 0.95))
+
+
+def ece_estimate(
+    confidence: ArrayLike,
+    correct: ArrayLike,
+    *,
+    n_bins: int = 15,
+    binning: str = "equal_width",
+    groups: ArrayLike | None = None,
+    n_resamples: int = 1000,
+    n_simulations: int = 200,
+    confidence_level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The binned ECE with what it takes to read it on a few hundred items.
+
+    Returns ``value`` (the plug-in binned ECE), ``debiased`` (bootstrap bias-corrected: ``2 value - mean of the
+    resampled values``, clipped at 0), ``ci`` (the basic bootstrap interval, clipped to [0, 1]: it brackets the
+    debiased value, where the percentile interval of a biased statistic can exclude even the plug-in value; the
+    percentile one is kept as ``ci_percentile``), ``noise_floor`` / ``noise_floor_q95`` (`ece_noise_floor`) and the
+    scheme. ``groups`` resamples whole groups (sequences of tokens) instead of items.
+
+    >>> r = ece_estimate([0.9] * 50 + [0.6] * 50, [1] * 45 + [0] * 5 + [1] * 20 + [0] * 30, n_bins=10,
+    ...                  n_resamples=200, n_simulations=50)
+    >>> round(r["value"], 3), r["ci"][0] <= r["debiased"] <= r["ci"][1]
+    (0.1, True)
+    """
+    metric = functools.partial(ece, n_bins=n_bins, binning=binning)
+    out: dict[str, Any] = {"n_bins": n_bins, "binning": binning, "norm": "l1"}
+    if n_resamples > 0:
+        point, values = bootstrap_distribution(metric, confidence, correct, n_resamples=n_resamples, seed=seed,
+                                               groups=groups)
+        low, high = interval_from_distribution(point, values, confidence_level, "basic")
+        p_low, p_high = interval_from_distribution(point, values, confidence_level, "percentile")
+        out.update(value=point, debiased=max(0.0, 2 * point - float(np.nanmean(values))),
+                   ci=[max(0.0, low), min(1.0, high)], ci_method="basic bootstrap (bias-aware), clipped to [0, 1]",
+                   ci_percentile=[p_low, p_high], ci_level=confidence_level, n_resamples=n_resamples, seed=seed,
+                   resampled="groups" if groups is not None else "items")
+    else:
+        out["value"] = metric(confidence, correct)
+    if n_simulations > 0:
+        floor, floor_q95 = ece_noise_floor(confidence, n_bins, binning, n_simulations, seed)
+        out.update(noise_floor=floor, noise_floor_q95=floor_q95, n_simulations=n_simulations)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------

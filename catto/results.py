@@ -81,15 +81,18 @@ def write_results_jsonl(path: str | os.PathLike, results: Iterable[ItemResult]) 
 
 
 class ResultsFile:
-    """Append-only JSONL of `ItemResult`s that a re-run resumes.
+    """Append-only JSONL of per-item records (`ItemResult` by default) that a re-run resumes.
 
     Each batch is appended with one `write` and fsynced. A crash can only leave a torn *last* line; opening the
     file again drops it (rewriting the file atomically) so the items it held are simply scored again.
+    `record_type` is any class with an `id`, `to_json()` and `from_dict(dict)` (e.g.
+    `catto.token_calibration.TokenPairResult`).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, record_type: type = ItemResult):
         self.path = os.fspath(path)
-        self.results: dict[str, ItemResult] = {}
+        self.record_type = record_type
+        self.results: dict[str, Any] = {}
         if os.path.exists(self.path):
             self._load()
 
@@ -101,8 +104,8 @@ class ResultsFile:
             if not line.strip():
                 continue
             try:
-                result = ItemResult.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError) as err:
+                result = self.record_type.from_dict(json.loads(line))
+            except (json.JSONDecodeError, TypeError, KeyError) as err:
                 if i >= len(lines) - 2:  # the last non-empty line: an interrupted append
                     torn = True
                     break
