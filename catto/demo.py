@@ -309,9 +309,10 @@ def load_for_eval(model: str, adapter_dir: str | None, device: str):
     return PeftModel.from_pretrained(base, adapter_dir).eval(), tokenizer
 
 
-def paired_difference(metric, a: tuple, b: tuple, *, n_resamples: int, seed: int) -> dict[str, Any]:
-    """metric(a) − metric(b) on the same items, with a paired percentile bootstrap interval (same resampled items
-    for both)."""
+def paired_difference(metric, a: tuple, b: tuple, *, n_resamples: int, seed: int,
+                      method: str = "percentile") -> dict[str, Any]:
+    """metric(a) − metric(b) on the same items, with a paired bootstrap interval (same resampled items for both;
+    `method` "percentile" or "basic", see `catto.metrics.interval_from_distribution`)."""
     import numpy as np
 
     from .metrics import bootstrap_ci
@@ -322,8 +323,9 @@ def paired_difference(metric, a: tuple, b: tuple, *, n_resamples: int, seed: int
     arrays = [np.asarray(x) for x in (*a, *b)]
     if n_resamples <= 0:
         return {"value": float(diff(*arrays))}
-    value, low, high = bootstrap_ci(diff, *arrays, n_resamples=n_resamples, seed=seed)
-    return {"value": value, "ci": [low, high], "ci_level": 0.95, "n_resamples": n_resamples, "paired": True}
+    value, low, high = bootstrap_ci(diff, *arrays, n_resamples=n_resamples, seed=seed, method=method)
+    return {"value": value, "ci": [low, high], "ci_level": 0.95, "ci_method": method, "n_resamples": n_resamples,
+            "paired": True}
 
 
 def compare_rows(results: dict[str, list], *, n_bins: int, n_resamples: int, seed: int) -> dict[str, Any]:
