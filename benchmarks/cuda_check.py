@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 from catto import CATTOConfig, CATTODPOTrainer, chunked_calibration_stats
-from catto.results import write_json_atomic
+from catto.io import write_json_atomic
 from catto.synthetic import make_model, make_tokenizer, preference_dataset
 
 

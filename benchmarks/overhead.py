@@ -97,12 +97,15 @@ from transformers import PreTrainedTokenizerFast  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 import catto  # noqa: E402
-from catto import CATTOConfig, CATTODPOTrainer  # noqa: E402
-from catto import synthetic  # noqa: E402
+from catto import (  # noqa: E402
+    CATTOConfig,
+    CATTODPOTrainer,
+    synthetic,  # noqa: E402
+)
 from catto.data import load_mcqa  # noqa: E402
 from catto.data.pairs import mcqa_to_preference  # noqa: E402
-from catto.modeling import load_model_and_tokenizer  # noqa: E402
-from catto.results import write_json_atomic  # noqa: E402
+from catto.eval.modeling import load_model_and_tokenizer  # noqa: E402
+from catto.io import write_json_atomic  # noqa: E402
 from catto.synthetic import SPECIAL, make_model  # noqa: E402
 
 # dpo_compact and catto_compact: opt-in controls (--with-dpo-compact, --with-catto-compact)

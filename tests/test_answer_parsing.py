@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from catto.answer_parsing import parse_answer
+from catto.eval.answer_parsing import parse_answer
 
 CHOICES = ["New York", "New York City", "Boston", "A cat"]
 

@@ -8,12 +8,12 @@ import pytest
 from transformers import TrainerCallback
 
 from catto import CATTOConfig, CATTODPOTrainer
-from catto.callbacks import CalibrationEvalCallback
 from catto.data import MCQAItem, mcqa_to_preference
-from catto.data.pairs import synthetic_mcqa
-from catto.evaluation import summarize_results
-from catto.scoring import ScoringConfig, score_items
+from catto.data.synthetic import synthetic_mcqa
+from catto.eval.aggregate import summarize_results
+from catto.eval.scoring import ScoringConfig, score_items
 from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+from catto.train.callbacks import CalibrationEvalCallback
 
 
 class Recorder(TrainerCallback):

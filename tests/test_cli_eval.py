@@ -3,7 +3,7 @@ import json
 import pytest
 
 from catto.cli import main
-from catto.results import ResultsFile
+from catto.eval.results import ResultsFile
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +48,15 @@ def test_catto_eval_writes_results_metrics_and_plots(tmp_path, model_dir, data_f
     assert again["ece"]["value"] == entry["metrics"]["ece"]["value"]
 
 
-def test_catto_eval_names_a_model_that_cannot_load(tmp_path, data_file):
-    with pytest.raises(OSError, match="Could not load model"):
-        main(["eval", "--model", str(tmp_path / "missing"), "--data", f"mmlu:{data_file}", "--out", str(tmp_path)])
+def test_catto_eval_names_a_model_that_cannot_load(tmp_path, data_file, capsys):
+    assert main(["eval", "--model", str(tmp_path / "missing"), "--data", f"mmlu:{data_file}",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no such model folder" in err and str(tmp_path / "missing") in err and "Traceback" not in err
 
 
-def test_catto_eval_raise_mode_names_the_bad_row(tmp_path, model_dir, data_file):
-    from catto.data import MCQAValidationError
-
-    with pytest.raises(MCQAValidationError, match="same text"):
-        main(["eval", "--model", model_dir, "--data", f"mmlu:{data_file}", "--on-invalid", "raise",
-              "--out", str(tmp_path)])
+def test_catto_eval_raise_mode_names_the_bad_row(tmp_path, model_dir, data_file, capsys):
+    assert main(["eval", "--model", model_dir, "--data", f"mmlu:{data_file}", "--on-invalid", "raise",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "same text" in err and "row 20" in err and len(err.strip().splitlines()) == 1

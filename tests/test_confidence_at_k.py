@@ -5,14 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from catto.answer_parsing import ParsedAnswer
 from catto.cli import main
-from catto.confidence_at_k import (
-    ConfidenceAtKConfig, TemperatureCalibrator, accuracy_vs_k, confidence_at_k, fit_calibrator, fit_temperature,
-    mcqa_prompt, select_by_score, select_majority,
-)
 from catto.data import MCQAItem
-from catto.results import ResultsFile
+from catto.eval.answer_parsing import ParsedAnswer
+from catto.eval.results import ResultsFile
+from catto.methods.confidence_at_k import (
+    ConfidenceAtKConfig,
+    TemperatureCalibrator,
+    accuracy_vs_k,
+    confidence_at_k,
+    fit_calibrator,
+    fit_temperature,
+    mcqa_prompt,
+    select_by_score,
+    select_majority,
+)
 from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,7 +350,7 @@ def data_file(tmp_path_factory):
     return str(path)
 
 
-def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, data_file, capsys):
+def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, data_file, capsys, monkeypatch):
     out = tmp_path / "cak"
     argv = ["eval", "--method", "confidence_at_k", "--model", model_dir, "--data", f"mmlu:{data_file}",
             "--k", "1,2,4", "--max-new-tokens", "4", "--temperature", "0.8", "--batch-size", "3", "--out", str(out),
@@ -354,10 +361,12 @@ def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, d
     metrics = json.loads((out / "metrics.json").read_text())
     (name,) = metrics["datasets"]
     entry = metrics["datasets"][name]
-    assert metrics["method"] == "confidence_at_k" and metrics["confidence_at_k"]["ks"] == [1, 2, 4]
-    assert metrics["confidence_at_k"]["temperature"] == 0.8 and metrics["calibration"]["temperature"] > 0
-    assert "prefixes" in metrics["k_prefixes"] and "raw logits" in metrics["confidence_from"]
-    curves = entry["accuracy_vs_k"]
+    assert metrics["method"] == "confidence_at_k" and metrics["method_config"]["ks"] == [1, 2, 4]
+    assert metrics["method_config"]["temperature"] == 0.8 and entry["evaluator"]["calibrator"]["temperature"] > 0
+    assert metrics["fit"]["data"] == f"mmlu:{data_file}" and metrics["fit"]["limit"] == 4
+    own = entry["method_metrics"]
+    assert "prefixes" in own["k_prefixes"] and "raw logits" in own["confidence_from"]
+    curves = own["accuracy_vs_k"]
     assert set(curves) == {"greedy", "majority", "best_logprob", "confidence"}
     assert all(set(d) == {"1", "2", "4"} for d in curves.values())
     assert all(0 <= v["ece"] <= 1 and v["n"] == 10 for d in curves.values() for v in d.values())
@@ -365,18 +374,27 @@ def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, d
     assert len(results) == 10
     acc = np.mean([r.correct for r in results.values()])
     assert curves["confidence"]["4"]["accuracy"] == pytest.approx(acc)
-    assert entry["selected_confidence_at_max_k"]["accuracy"]["value"] == pytest.approx(acc)
+    assert entry["metrics"]["accuracy"]["value"] == pytest.approx(acc)
     assert (out / name / "accuracy_vs_k.png").stat().st_size > 0
-    # A second run finds every item done (no generation) and reproduces the numbers.
+    # A second run finds every item done (generation only for the 4 calibration items) and reproduces the numbers.
+    import catto.methods.confidence_at_k as cak
+
+    calls = []
+    real = cak.confidence_at_k
+    monkeypatch.setattr(cak, "confidence_at_k", lambda m, t, items, *a, **k: calls.append(len(items)) or
+                        real(m, t, items, *a, **k))
     before = (out / name / "results.jsonl").read_text()
     assert main(argv) == 0
     again = json.loads((out / "metrics.json").read_text())["datasets"][name]
-    assert again["items_this_run"] == 0 and again["accuracy_vs_k"] == curves
+    assert calls == [4, 0] and again["method_metrics"]["accuracy_vs_k"] == curves
     assert (out / name / "results.jsonl").read_text() == before
+    # A larger k would mix new samples with old ones: refused, naming what differs.
+    assert main([*argv[:7], "--k", "1,2,8", *argv[9:]]) == 2
+    err = capsys.readouterr().err
+    assert "other config" in err and "--overwrite" in err and (out / name / "results.jsonl").read_text() == before
 
 
 def test_catto_eval_rejects_bad_k(tmp_path, model_dir, data_file, capsys):
-    with pytest.raises(SystemExit):
-        main(["eval", "--method", "confidence_at_k", "--model", model_dir, "--data", f"mmlu:{data_file}",
-              "--k", "0,2", "--out", str(tmp_path)])
-    assert "--k values must be >= 1" in capsys.readouterr().err
+    assert main(["eval", "--method", "confidence_at_k", "--model", model_dir, "--data", f"mmlu:{data_file}",
+                 "--k", "0,2", "--out", str(tmp_path)]) == 2
+    assert "values must be integers >= 1" in capsys.readouterr().err

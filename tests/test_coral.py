@@ -8,10 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from posthoc_common import (
+    save_tiny_model,
+    tiny_model_and_tokenizer,
+    toy_items,
+    write_dataset,
+)
 
 from catto.cli import main
-from catto.evaluators import load_evaluator
-from catto.evaluators.coral import (
+from catto.eval.metrics import ece
+from catto.methods import load_evaluator
+from catto.methods.coral import (
     ActivationCache,
     CoralConfig,
     CoralEvaluator,
@@ -21,8 +28,7 @@ from catto.evaluators.coral import (
     select_probe,
     steer,
 )
-from catto.metrics import ece
-from posthoc_common import save_tiny_model, tiny_model_and_tokenizer, toy_items, write_dataset
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -15,13 +15,13 @@ from catto.data import (
     LetterFormat,
     MCQAItem,
     MCQAValidationError,
+    adapters,
     load_mcqa,
     mcqa_to_preference,
     parse_mathqa_options,
     rows_to_mcqa,
     synthetic_mcqa,
 )
-from catto.data import adapters
 
 
 def write(path, rows):

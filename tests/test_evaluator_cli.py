@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from catto.cli import build_parser, main
-
 from test_evaluator_base import _ShiftEvaluator  # noqa: F401  (registers "_test_shift")
+
+from catto.cli import main
+from catto.cli.eval import build_parser
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +35,15 @@ def _base(model_dir, data_files, out):
 
 
 def test_config_fields_become_options():
-    help_text = build_parser("_test_shift")._subparsers._group_actions[0].choices["eval"].format_help()
+    help_text = build_parser("_test_shift").format_help()
     assert "--shift" in help_text and "added to the first option's logit" in help_text and "--fit-first" in help_text
-    args = build_parser("_test_shift").parse_args(["eval", "--method", "_test_shift", "--model", "m", "--data", "d",
-                                                   "--out", "o", "--shift", "2.5"])
-    assert args.shift == 2.5 and args.func.__module__ == "catto.evaluators.cli"
+    args, config = build_parser("_test_shift").parse(["--method", "_test_shift", "--model", "m", "--data", "d",
+                                                      "--out", "o", "--shift", "2.5"])
+    assert config.shift == 2.5 and args.model == "m" and args.data == ["d"]
+    # underscores and dashes both work; a shared field (seed) is one flag that fills the run and the method
+    args, config = build_parser("_test_shift").parse(["--model", "m", "--data", "d", "--out", "o", "--n_bins", "7",
+                                                      "--n-bins", "9"])
+    assert args.n_bins == 9
 
 
 def test_fit_first_fits_per_dataset_and_load_reproduces(tmp_path, model_dir, data_files):
@@ -72,16 +76,17 @@ def test_fit_data_fits_once_for_all(tmp_path, model_dir, data_files):
     assert all(d["evaluator"]["n_fit"] == 9 and d["n_items"] == 12 for d in metrics["datasets"].values())
 
 
-def test_labelled_method_without_fit_source_says_how(tmp_path, model_dir, data_files):
-    with pytest.raises(SystemExit, match="--fit-first N"):
-        main(_base(model_dir, data_files, tmp_path / "x"))
-    with pytest.raises(SystemExit, match="at most one"):
-        main(_base(model_dir, data_files, tmp_path / "x") + ["--fit-first", "2", "--fit-data", data_files[0]])
+def test_labelled_method_without_fit_source_says_how(tmp_path, model_dir, data_files, capsys):
+    assert main(_base(model_dir, data_files, tmp_path / "x")) == 2
+    assert "--fit-first N" in capsys.readouterr().err
+    assert main(_base(model_dir, data_files, tmp_path / "x") + ["--fit-first", "2", "--fit-data", data_files[0]]) == 2
+    assert "at most one" in capsys.readouterr().err
 
 
-def test_unknown_method_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="Unknown evaluator 'nope'"):
-        main(["eval", "--method", "nope", "--model", "m", "--data", "d", "--out", str(tmp_path)])
+def test_unknown_method_lists_the_known_ones(tmp_path, capsys):
+    assert main(["eval", "--method", "nope", "--model", "m", "--data", "d", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown method 'nope'" in err and "confidence_at_k" in err and "token" in err
 
 
 def test_stream_joins_the_data_in_order(tmp_path, model_dir, data_files):

@@ -4,11 +4,21 @@ import pytest
 import torch
 from reference import reference_term
 from tiny import VOCAB, make_model
-from transformers import CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM
+from transformers import (
+    CohereConfig,
+    CohereForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+)
 from trl.trainer.utils import add_fused_lm_head
 
-from catto.calibration import calibration_term
-from catto.fused_head import CATTOFusedCausalLMOutput, add_catto_head, chunked_calibration_stats, logit_transform_from_config
+from catto.train.calibration import calibration_term
+from catto.train.fused_head import (
+    CATTOFusedCausalLMOutput,
+    add_catto_head,
+    chunked_calibration_stats,
+    logit_transform_from_config,
+)
 
 ALL_OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
@@ -206,7 +216,9 @@ def test_extreme_logits_and_bf16_are_finite(loss_form, bf16):
         loss = term.loss - out.log_probs.sum()
     loss.backward()
     assert torch.isfinite(loss)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert "lm_head.weight" in grads and len(grads) == len(list(model.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads.values())
 
 
 def test_logit_transform_reads_like_trl():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import catto.metrics as M
-from catto.metrics import (
+import catto.eval.metrics as M
+from catto.eval.metrics import (
     UndefinedMetricWarning,
     aurc,
     auroc,
@@ -30,8 +30,17 @@ from catto.metrics import (
     unweighted_binned_calibration_error,
 )
 
-sk_metrics = pytest.importorskip("sklearn.metrics")
-tm_cls = pytest.importorskip("torchmetrics.functional.classification")
+
+# The cross-checks against scikit-learn and torchmetrics need them (the `test` extra); only those tests skip without
+# them, never the hand-computed cases.
+@pytest.fixture
+def sk_metrics():
+    return pytest.importorskip("sklearn.metrics")
+
+
+@pytest.fixture
+def tm_cls():
+    return pytest.importorskip("torchmetrics.functional.classification")
 
 
 def _toy_binary(n=2000, seed=0):
@@ -209,7 +218,7 @@ def test_torch_inputs_match_numpy():
 
 @pytest.mark.parametrize("n_bins", [1, 5, 10, 15, 23])
 @pytest.mark.parametrize("norm", ["l1", "l2", "max"])
-def test_ece_matches_torchmetrics_binary(n_bins, norm):
+def test_ece_matches_torchmetrics_binary(n_bins, norm, tm_cls):
     conf, correct = _toy_binary(seed=n_bins)
     expected = tm_cls.binary_calibration_error(
         torch.tensor(conf, dtype=torch.float64), torch.tensor(correct, dtype=torch.long), n_bins=n_bins, norm=norm
@@ -221,7 +230,7 @@ def test_ece_matches_torchmetrics_binary(n_bins, norm):
 
 @pytest.mark.parametrize("n_bins", [5, 10, 15])
 @pytest.mark.parametrize("norm", ["l1", "max"])
-def test_ece_matches_torchmetrics_multiclass(n_bins, norm):
+def test_ece_matches_torchmetrics_multiclass(n_bins, norm, tm_cls):
     probs, labels = _toy_probs(seed=n_bins)
     expected = tm_cls.multiclass_calibration_error(
         probs, torch.tensor(labels), num_classes=probs.shape[1], n_bins=n_bins, norm=norm
@@ -232,7 +241,7 @@ def test_ece_matches_torchmetrics_multiclass(n_bins, norm):
     assert ece(conf, correct, n_bins=n_bins, norm=norm) == pytest.approx(expected, abs=1e-6)
 
 
-def test_confidence_one_joins_the_last_bin_unlike_torchmetrics():
+def test_confidence_one_joins_the_last_bin_unlike_torchmetrics(tm_cls):
     # Documented difference: torchmetrics gives conf == 1.0 an extra bin of its own.
     conf, correct = [0.95, 1.0], [1, 0]
     tm = tm_cls.binary_calibration_error(torch.tensor(conf), torch.tensor(correct), n_bins=10).item()
@@ -244,7 +253,7 @@ def test_confidence_one_joins_the_last_bin_unlike_torchmetrics():
     "kind",
     ["continuous", "ties_rounded", "integer_scores", "all_tied", "logits", "tiny"],
 )
-def test_auroc_matches_sklearn(kind):
+def test_auroc_matches_sklearn(kind, sk_metrics):
     rng = np.random.default_rng(1)
     conf, correct = _toy_binary(800, seed=3)
     if kind == "ties_rounded":
@@ -268,7 +277,7 @@ def test_auroc_one_class_is_nan_with_reason(correct):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_brier_matches_sklearn(seed):
+def test_brier_matches_sklearn(seed, sk_metrics):
     conf, correct = _toy_binary(500, seed=seed)
     assert top_label_brier_score(conf, correct) == pytest.approx(sk_metrics.brier_score_loss(correct, conf))
     probs, labels = _toy_probs(400, k=5, seed=seed)
@@ -278,7 +287,7 @@ def test_brier_matches_sklearn(seed):
 
 
 @pytest.mark.parametrize("k", [2, 4, 7])
-def test_nll_matches_sklearn(k):
+def test_nll_matches_sklearn(k, sk_metrics):
     probs, labels = _toy_probs(400, k=k, seed=k)
     p = _float64_rows(probs)
     assert nll(p, labels) == pytest.approx(sk_metrics.log_loss(labels, p, labels=list(range(k))), rel=1e-12)

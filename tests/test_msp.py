@@ -6,8 +6,17 @@ import json
 
 import numpy as np
 import pytest
+from posthoc_common import (
+    save_tiny_model,
+    tiny_model_and_tokenizer,
+    toy_items,
+    write_dataset,
+)
 
-from catto.abstention import (
+from catto.cli import main
+from catto.eval.metrics import auroc
+from catto.methods import load_evaluator
+from catto.methods.abstention import (
     NEVER_ABSTAIN,
     abstention_rate,
     abstention_score,
@@ -16,11 +25,7 @@ from catto.abstention import (
     select_threshold,
     threshold_grid,
 )
-from catto.cli import main
-from catto.evaluators import load_evaluator
-from catto.evaluators.msp import MSPConfig, MSPEvaluator
-from catto.metrics import auroc
-from posthoc_common import save_tiny_model, tiny_model_and_tokenizer, toy_items, write_dataset
+from catto.methods.msp import MSPConfig, MSPEvaluator
 
 
 def test_scores_by_hand():
@@ -130,7 +135,7 @@ def test_generate_mode_reads_the_answer_tokens_probability(monkeypatch):
             seq = torch.cat([input_ids, torch.tensor([forced] * input_ids.shape[0])], 1)
             return type("G", (), {"sequences": seq, "logits": tuple(logits)})()
 
-    from catto.evaluators.msp import generate_msp
+    from catto.methods.msp import generate_msp
 
     (r,) = generate_msp(Forced(), tok, [item], config)
     expected = torch.full((model.config.vocab_size,), -5.0)

@@ -25,11 +25,22 @@ import random
 
 import numpy as np
 import pytest
+from test_msp_paper_reproduction import (
+    DATA,
+    DATASETS,
+    DISPLAY_MODEL,
+    PHRASINGS,
+    parse_tex_table,
+    results,  # noqa: F401  (module fixture: the per-question data)
+)
 
-from catto.abstention import NEVER_ABSTAIN, abstention_score, mann_whitney_u_test, select_threshold
-from catto.abstention import _mann_whitney_normal
-from test_msp_paper_reproduction import DATA, DATASETS, DISPLAY_MODEL, PHRASINGS, parse_tex_table
-from test_msp_paper_reproduction import results  # noqa: F401  (module fixture: the per-question data)
+from catto.methods.abstention import (
+    NEVER_ABSTAIN,
+    _mann_whitney_normal,
+    abstention_score,
+    mann_whitney_u_test,
+    select_threshold,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catto.metrics import auroc, unweighted_binned_calibration_error
+from catto.eval.metrics import auroc, unweighted_binned_calibration_error
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from catto.page_hinkley import PageHinkley, ShiftGate, page_hinkley_detections
+from catto.methods.page_hinkley import PageHinkley, ShiftGate, page_hinkley_detections
 
 
 def _noise(n: int, mean: float, sd: float, seed: int) -> list[float]:

@@ -1,9 +1,13 @@
 import numpy as np
 import pytest
 
-from catto.evaluation import format_table, padded_probability_matrix, summarize_results
-from catto.metrics import brier_score, ece, nll
-from catto.results import ItemResult
+from catto.eval.aggregate import (
+    format_table,
+    padded_probability_matrix,
+    summarize_results,
+)
+from catto.eval.metrics import brier_score, ece, nll
+from catto.eval.results import ItemResult
 
 
 def _results(n=200, seed=0, ragged=False):
@@ -70,7 +74,7 @@ def test_plots_are_written(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.image
 
-    from catto.plots import reliability_diagram, risk_coverage_plot
+    from catto.eval.plots import reliability_diagram, risk_coverage_plot
 
     results = _results()
     conf = [r.confidence for r in results]

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from posthoc_common import save_tiny_model, write_dataset
 
 from catto.cli import main as catto_main
-from catto.report import main, markdown_table
-from posthoc_common import save_tiny_model, write_dataset
+from catto.eval.report import markdown_table
+
+
+def main(argv):
+    return catto_main(["report", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +83,32 @@ def test_report_loads_saved_evaluators_and_eval_folders(setup):
 
 def test_report_errors_name_the_fix(setup, capsys):
     root, model_dir, specs, _ = setup
-    with pytest.raises(SystemExit, match="--fit-data SPEC or --fit-first"):
-        main(_common(model_dir, specs, root / "x") + ["--methods", "scoring,temperature"])
-    with pytest.raises(SystemExit, match="no config field"):
-        main(_common(model_dir, specs, root / "x") + ["--methods", "temperature", "--fit-first", "4",
-                                                       "--set", "temperature.nope=1"])
-    with pytest.raises(SystemExit, match="neither a saved evaluator"):
-        main(_common(model_dir, specs, root / "x") + ["--methods", "scoring", "--load", f"z={root}"])
+    assert main(_common(model_dir, specs, root / "x") + ["--methods", "scoring,temperature"]) == 2
+    err = capsys.readouterr().err
+    assert "temperature learns from labelled items" in err and "--fit-first N" in err and "--load NAME=DIR" in err
+    assert main(_common(model_dir, specs, root / "x") + ["--methods", "temperature", "--fit-first", "4",
+                                                          "--set", "temperature.nope=1"]) == 2
+    assert "no config field" in capsys.readouterr().err
+    assert main(_common(model_dir, specs, root / "x") + ["--methods", "scoring", "--load", f"z={root}"]) == 2
+    assert "neither a saved evaluator" in capsys.readouterr().err
+
+
+def test_every_registered_method_runs_in_a_report(setup):
+    """One registry: confidence_at_k and the token method sit in the same report as the scoring methods."""
+    root, model_dir, specs, fit = setup
+    out = root / "all_methods"
+    assert main(_common(model_dir, specs[:1], out) + [
+        "--scoring", "letter", "--methods", "scoring,confidence_at_k,token", "--no-plots",
+        "--set", "confidence_at_k.k=[1,2]", "--set", "confidence_at_k.max_new_tokens=2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (ds,) = report["datasets"].values()
+    assert list(ds["metrics"]) == ["scoring", "confidence_at_k"]  # token records are not one answer per item
+    assert ds["metrics"]["confidence_at_k"]["n"] == 14
+    assert set(ds["methods"]["confidence_at_k"]["method_metrics"]["accuracy_vs_k"]["confidence"]) == {"1", "2"}
+    token = ds["methods"]["token"]["method_metrics"]
+    assert token["chosen"]["n_sequences"] == 14 and "debiased" in token["chosen"]["ece"]
+    md = (out / "report.md").read_text()
+    assert "| confidence_at_k | 14 |" in md and "| chosen | 14 |" in md
 
 
 def test_markdown_table_cells():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from catto.data import ClozeFormat, LetterFormat, MCQAItem
-from catto.results import ResultsFile
-from catto.scoring import ScoringConfig, letter_token_ids, score_items
+from catto.eval.results import ResultsFile
+from catto.eval.scoring import ScoringConfig, letter_token_ids, score_items
 from catto.synthetic import MCQA_VOCAB, WORDS, make_model, make_tokenizer
 
 

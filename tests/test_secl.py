@@ -13,8 +13,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from catto.data.items import MCQAItem
-from catto.evaluators import get_evaluator_class, load_evaluator
-from catto.evaluators.secl import (
+from catto.methods import get_evaluator_class, load_evaluator
+from catto.methods.secl import (
     SECLConfig,
     SECLEvaluator,
     clipped_target,

@@ -6,12 +6,22 @@ import json
 
 import pytest
 import torch
+from posthoc_common import (
+    save_tiny_model,
+    tiny_model_and_tokenizer,
+    toy_items,
+    write_dataset,
+)
 
 from catto.cli import main
-from catto.evaluators import load_evaluator
-from catto.evaluators.temperature import TemperatureConfig, TemperatureScaling, fit_temperature, padded_log_probs
-from catto.results import ItemResult
-from posthoc_common import save_tiny_model, tiny_model_and_tokenizer, toy_items, write_dataset
+from catto.eval.results import ItemResult
+from catto.methods import load_evaluator
+from catto.methods.temperature import (
+    TemperatureConfig,
+    TemperatureScaling,
+    fit_temperature,
+    padded_log_probs,
+)
 
 
 def _sample(t_true, n=3000, k=4, seed=0):

@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import make_model, make_tokenizer, preference_dataset
 
-from catto.token_calibration import (
+from catto.eval.token import (
     TokenEvalConfig,
     TokenPairResult,
     paired_token_difference,
@@ -18,7 +19,6 @@ from catto.token_calibration import (
     token_calibration,
     tokenize_pair,
 )
-from tiny import make_model, make_tokenizer, preference_dataset
 
 
 def _full_logits_reference(model, tokenizer, row, include_eos=True):
@@ -164,8 +164,11 @@ def test_bad_pairs():
 
 
 def test_summary_matches_pooled_metrics_and_trainer_bins():
-    from catto.calibration import binned_calibration_counts, ece_from_binned_counts
-    from catto.metrics import ece
+    from catto.eval.metrics import ece
+    from catto.train.calibration import (
+        binned_calibration_counts,
+        ece_from_binned_counts,
+    )
 
     tokenizer = make_tokenizer()
     results = token_calibration(make_model(seed=8), tokenizer, preference_dataset(20, seed=6, answer_len=3),

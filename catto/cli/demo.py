@@ -1,0 +1,23 @@
+"""`catto demo`: parse `DemoArguments`, run `catto.demo.run_demo`."""
+
+from __future__ import annotations
+
+from ..demo import DemoArguments
+from .parsing import CattoArgumentParser
+
+
+def build_parser() -> CattoArgumentParser:
+    return CattoArgumentParser([DemoArguments], prog="catto demo",
+                               description="DPO vs CATTO on SmolLM2-135M-Instruct and real MCQA data, on CPU (about "
+                                           "15 minutes; model and data from PyPI). --synthetic: a 1-minute toy.")
+
+
+def main(argv: list[str]) -> int:
+    from ..demo import run_demo
+    from . import disable_progress_bars
+
+    (args,) = build_parser().parse(argv)
+    if args.no_progress:
+        disable_progress_bars()
+    run_demo(args)
+    return 0

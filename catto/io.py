@@ -1,0 +1,81 @@
+"""Writing files so that nothing is ever half-written: every file catto writes goes through here.
+
+A file is written to a temporary name in its destination folder, flushed to disk, then renamed over the
+destination (`os.replace` is atomic on POSIX and Windows): a reader, or a re-run after a crash, sees the old file
+or the new one, never a torn one. Folders (an extracted wheel, a checkpoint) are built under a temporary name and
+renamed the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file next to `path`; on a clean exit it replaces `path`, on an error it is removed.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "a", "x.txt")
+        >>> with atomic_write(path) as f:
+        ...     _ = f.write("done")
+        >>> open(path).read()
+        'done'
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (see `atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
+    """Write `payload` as indented JSON to `path` atomically (see `atomic_write`)."""
+    with atomic_write(path) as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Iterator[str]:
+    """Yield a temporary folder next to `path`; on a clean exit it becomes `path` (an existing `path` is replaced
+    only with `replace=True`), on an error it is removed."""
+    path = os.fspath(path).rstrip("/")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(path)}-")
+    try:
+        yield tmp
+        if os.path.exists(path):
+            if not replace:
+                raise FileExistsError(f"{path} appeared while it was being written; not replacing it.")
+            old = tempfile.mkdtemp(dir=parent, prefix=f".old-{os.path.basename(path)}-")
+            os.replace(path, os.path.join(old, "x"))
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,42 @@
+"""The training half of catto: the CATTO term, the fused LM-head statistics, `CATTOConfig` / `CATTODPOTrainer`, the
+live-calibration callback and the `catto train` script.
+
+- `catto.train.calibration`: the term as pure tensor functions.
+- `catto.train.fused_head`: one tiled LM-head pass for TRL's per-token outputs and the term's statistics.
+- `catto.train.config`, `catto.train.trainer`: `CATTOConfig(DPOConfig)`, `CATTODPOTrainer(DPOTrainer)` (wiring).
+- `catto.train.callbacks`: `CalibrationEvalCallback` (eval_calibration/* curves while training).
+- `catto.train.script`: the recipe-driven training job (`python -m catto.train --config recipe.yaml`).
+- `catto.train.launcher`: `catto train`, the `accelerate launch` line around the script.
+- `catto.train.runs`: train a recipe once and reuse a finished run (the demo and the studies).
+
+Names are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "CATTOConfig": "catto.train.config",
+    "CATTODPOTrainer": "catto.train.trainer",
+    "CalibrationEvalCallback": "catto.train.callbacks",
+    **{name: "catto.train.script" for name in (
+        "CATTOScriptArguments", "RecipeError", "check_model", "check_recipe_keys", "load_calibration_items",
+        "load_preference_data", "main", "make_parser", "parse_args", "run")},
+    **{name: "catto.train.launcher" for name in (
+        "LAUNCH_FLAGS", "build_launch_command", "launch", "resolve_accelerate_config", "split_launch_args")},
+    **{name: "catto.train.runs" for name in ("train_run", "finished_run", "latest_checkpoint")},
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'catto.train' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

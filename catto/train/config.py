@@ -1,0 +1,140 @@
+"""`CATTOConfig`: `trl.DPOConfig` plus the switches of the CATTO calibration term."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+from ..errors import ConfigError
+from .calibration import CONFIDENCE_CHOICES, LOSS_FORM_CHOICES, MARGIN_CHOICES
+
+SEQUENCES_CHOICES = ("both", "chosen")
+
+
+@dataclass
+class CATTOConfig(DPOConfig):
+    r"""
+    Configuration class for the [`CATTODPOTrainer`]: every [`~trl.DPOConfig`] parameter, plus the CATTO term.
+
+    The total loss is the DPO loss (any `loss_type`, including weighted lists) plus `catto_alpha` times the mean, over
+    the response tokens of the micro-batch, of the per-token calibration loss. Defaults are provisional until the
+    calibration study settles them by measurement (see the README).
+
+    Parameters:
+        > Parameters of the CATTO term
+
+        catto_alpha (`float`, *optional*, defaults to `0.1`):
+            Weight λ of the calibration term. `0.0` disables it: the loss and updates are then exactly those of
+            [`~trl.DPOTrainer`].
+        catto_confidence (`str`, *optional*, defaults to `"max"`):
+            Confidence c_t of a token: `"max"` (max next-token probability) or `"label"` (probability of the token in
+            the sequence).
+        catto_margin (`str`, *optional*, defaults to `"logit"`):
+            Margin of the label over the best wrong token inside the surrogate: `"logit"` (log p_y − log p_v*, whose
+            sigmoid is p_y / (p_y + p_v*)) or `"prob"` (p_y − p_v*, whose sigmoid only spans [0.27, 0.73]).
+        catto_target_scale (`float`, *optional*, defaults to `1.0`):
+            Scale s of the surrogate z_t = sigmoid(s · margin). Must be > 0.
+        catto_detach_target (`bool`, *optional*, defaults to `True`):
+            Whether z_t is a fixed target (no gradient through it).
+        catto_loss_form (`str`, *optional*, defaults to `"l1"`):
+            Per-token loss: `"l1"` (|c_t − z_t|, CATTO) or `"bce"` (binary cross-entropy of c_t against z_t, the
+            paper's DPO+BCE baseline).
+        catto_sequences (`str`, *optional*, defaults to `"both"`):
+            Whose response tokens enter the term: `"both"` (chosen and rejected) or `"chosen"`.
+        catto_chunk_size (`int`, *optional*, defaults to `1024`):
+            Response tokens per tile of the fused LM-head pass. Smaller tiles use less memory (a tile holds
+            `catto_chunk_size × 32768` float32 logits), larger ones fewer matrix multiplies.
+        catto_log_metrics (`bool`, *optional*, defaults to `True`):
+            Whether to log the `catto/*` metrics. With `catto_alpha=0` they come from an extra no-grad LM-head pass
+            over the response tokens (the training itself stays that of `DPOTrainer`); set `False` to skip it.
+        catto_ece_bins (`int`, *optional*, defaults to `10`):
+            Equal-width bins of the logged `catto/token_ece`.
+    """
+
+    catto_alpha: float = field(
+        default=0.1,
+        metadata={"help": "Weight lambda of the CATTO calibration term; 0.0 disables it (plain DPO)."},
+    )
+    catto_confidence: str = field(
+        default="max",
+        metadata={"help": "Token confidence: 'max' (max next-token probability) or 'label' (probability of the "
+                  "sequence token).", "choices": list(CONFIDENCE_CHOICES)},
+    )
+    catto_margin: str = field(
+        default="logit",
+        metadata={"help": "Surrogate margin: 'logit' (log p_y - log p_best_wrong) or 'prob' (p_y - p_best_wrong).",
+                  "choices": list(MARGIN_CHOICES)},
+    )
+    catto_target_scale: float = field(
+        default=1.0,
+        metadata={"help": "Scale s of the correctness surrogate z = sigmoid(s * margin); must be > 0."},
+    )
+    catto_detach_target: bool = field(
+        default=True,
+        metadata={"help": "Whether the surrogate z is a fixed target (no gradient through it)."},
+    )
+    catto_loss_form: str = field(
+        default="l1",
+        metadata={"help": "Per-token loss: 'l1' (|c - z|, CATTO) or 'bce' (the DPO+BCE baseline).",
+                  "choices": list(LOSS_FORM_CHOICES)},
+    )
+    catto_sequences: str = field(
+        default="both",
+        metadata={"help": "Response tokens in the term: 'both' (chosen and rejected) or 'chosen'.",
+                  "choices": list(SEQUENCES_CHOICES)},
+    )
+    catto_chunk_size: int = field(
+        default=1024,
+        metadata={"help": "Response tokens per tile of the fused LM-head pass (memory vs. number of matmuls)."},
+    )
+    catto_log_metrics: bool = field(
+        default=True,
+        metadata={"help": "Whether to log catto/* metrics (with catto_alpha=0 this costs a no-grad LM-head pass)."},
+    )
+    catto_ece_bins: int = field(
+        default=10,
+        metadata={"help": "Number of equal-width bins of the logged catto/token_ece."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        errors = []
+        if not self.catto_alpha >= 0:  # also rejects NaN
+            errors.append(f"`catto_alpha` must be >= 0 (0 disables the term), got {self.catto_alpha}.")
+        for name, allowed in (
+            ("catto_confidence", CONFIDENCE_CHOICES),
+            ("catto_margin", MARGIN_CHOICES),
+            ("catto_loss_form", LOSS_FORM_CHOICES),
+            ("catto_sequences", SEQUENCES_CHOICES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                errors.append(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+        if not self.catto_target_scale > 0:
+            errors.append(f"`catto_target_scale` must be > 0, got {self.catto_target_scale}.")
+        if not (isinstance(self.catto_chunk_size, int) and self.catto_chunk_size >= 1):
+            errors.append(f"`catto_chunk_size` must be an integer >= 1, got {self.catto_chunk_size!r}.")
+        if not (isinstance(self.catto_ece_bins, int) and self.catto_ece_bins >= 1):
+            errors.append(f"`catto_ece_bins` must be an integer >= 1, got {self.catto_ece_bins!r}.")
+        if errors:
+            raise ConfigError("Invalid CATTOConfig: " + " ".join(errors))
+
+    @classmethod
+    def from_dpo_config(cls, config: DPOConfig, **catto_kwargs) -> CATTOConfig:
+        """A `CATTOConfig` with every setting of an existing `DPOConfig` (secrets included) plus `catto_kwargs`.
+
+        Example:
+            >>> from trl import DPOConfig
+            >>> cfg = CATTOConfig.from_dpo_config(DPOConfig("out", beta=0.3, bf16=False), catto_alpha=0.2)
+            >>> cfg.beta, cfg.catto_alpha
+            (0.3, 0.2)
+        """
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+        return cls(**{**values, **catto_kwargs})
+
+    @property
+    def catto_enabled(self) -> bool:
+        """Whether the calibration term is added to the loss."""
+        return self.catto_alpha > 0

@@ -1,0 +1,104 @@
+"""`catto train`: check the recipe in this process, then run the training script under `accelerate launch`.
+
+    catto train --config RECIPE.yaml [--accelerate_config NAME|PATH] [--num_processes N] [--main_process_port P]
+                [--gpu_ids IDS] [--any_recipe_key VALUE ...]
+
+runs `accelerate launch [--config_file CONFIG] [--num_processes N] -m catto.train --config RECIPE.yaml ...` and
+prints that line, as `trl dpo` does for TRL's scripts. NAME is one of the accelerate configs shipped with catto
+(`accelerate_configs/` in a checkout; the same files inside the installed package, read with `importlib.resources`
+so that `pip install --user` and virtual environments find them too).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import sys
+from pathlib import Path
+
+from .script import RecipeError, make_parser, parse_args
+
+LAUNCH_FLAGS = ("--accelerate_config", "--num_processes", "--main_process_port", "--gpu_ids")
+
+TRAIN_USAGE = """usage: catto train --config RECIPE.yaml [--accelerate_config NAME|PATH] [--num_processes N]
+                   [--main_process_port P] [--gpu_ids IDS] [--any_recipe_key VALUE ...]
+
+Runs `accelerate launch [--config_file CONFIG] [--num_processes N] -m catto.train --config RECIPE.yaml ...`.
+NAME is one of catto's accelerate_configs ({names}).
+Flags after the recipe override its keys. Options of the training script:
+"""
+
+
+def packaged_folder(name: str) -> Path | None:
+    """A data folder shipped with catto (`accelerate_configs`, `recipes`): the installed package's copy
+    (`catto/<name>` in a wheel), else the checkout's top-level folder (an editable install or a source tree)."""
+    try:
+        resource = importlib.resources.files(f"catto.{name}")
+        if resource.is_dir():
+            return Path(str(resource))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    checkout = Path(__file__).resolve().parents[2] / name
+    return checkout if checkout.is_dir() else None
+
+
+def accelerate_config_names() -> list[str]:
+    folder = packaged_folder("accelerate_configs")
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
+
+
+def resolve_accelerate_config(value: str) -> str:
+    """A path to an accelerate config: `value` itself if it is a file, else `NAME.yaml` from catto's configs."""
+    if os.path.isfile(value):
+        return value
+    folder = packaged_folder("accelerate_configs")
+    candidate = folder / f"{value.removesuffix('.yaml')}.yaml" if folder else None
+    if candidate is not None and candidate.is_file():
+        return str(candidate)
+    raise RecipeError(f"--accelerate_config {value!r} is neither a file nor one of catto's configs "
+                      f"{accelerate_config_names()}. Fix: pass a config path or one of those names.")
+
+
+def split_launch_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate the launcher's flags (`LAUNCH_FLAGS`, each with a value) from the training script's arguments."""
+    launch, script = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in LAUNCH_FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise RecipeError(f"{name} needs a value.")
+                value = argv[i + 1]
+                i += 1
+            launch += [name, value]
+        else:
+            script.append(arg)
+        i += 1
+    return launch, script
+
+
+def build_launch_command(argv: list[str]) -> list[str]:
+    """The `accelerate launch ... -m catto.train ...` argv for `catto train ARGS` (the arguments are checked first)."""
+    launch, script = split_launch_args(argv)
+    parse_args(script)  # fail here, in one process, on a bad recipe or flag
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if "--accelerate_config" in launch:
+        i = launch.index("--accelerate_config")
+        command += ["--config_file", resolve_accelerate_config(launch[i + 1])]
+        launch = launch[:i] + launch[i + 2:]
+    return command + launch + ["-m", "catto.train", *script]
+
+
+def launch(argv: list[str]) -> int:
+    """`catto train`: validate, then run the training script under `accelerate launch`; returns the exit status."""
+    import subprocess
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(TRAIN_USAGE.format(names=", ".join(accelerate_config_names())))
+        make_parser().print_help()
+        return 0
+    command = build_launch_command(argv)
+    print("[catto train] " + " ".join(command[1:]), flush=True)
+    return subprocess.call(command)

@@ -1,0 +1,72 @@
+"""Train a recipe once, and reuse the finished run: what `catto demo` and the studies in `benchmarks/` call.
+
+A run folder is finished when it holds the saved model (an adapter or a full model) and `trainer_state.json`.
+An interrupted run resumes from its newest `checkpoint-N`; after a clean finish the checkpoints are removed (the
+model is in the folder itself) and `catto_run.json` records the arguments and the time it took.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+from ..io import write_json_atomic
+
+RUN_RECORD = "catto_run.json"
+_OLD_RUN_RECORD = "demo_train_time.json"  # catto <= 0.1
+
+
+def finished_run(out_dir: str) -> bool:
+    """Whether `out_dir` holds a saved model and its `trainer_state.json`."""
+    return os.path.exists(os.path.join(out_dir, "trainer_state.json")) and (
+        os.path.exists(os.path.join(out_dir, "adapter_config.json"))
+        or os.path.exists(os.path.join(out_dir, "config.json")))
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    """The `checkpoint-N` folder with the largest N in `out_dir`, or None."""
+    found = [p for p in glob.glob(os.path.join(out_dir, "checkpoint-*")) if p.rsplit("-", 1)[1].isdigit()]
+    return max(found, key=lambda p: int(p.rsplit("-", 1)[1])) if found else None
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def train_run(argv: list[str], out_dir: str) -> dict[str, Any]:
+    """Train `catto train`'s arguments `argv` into `out_dir` (which `argv` must name as `--output_dir`), or reuse
+    the finished run there; resumes an interrupted one. Returns a summary: the first and last logged training
+    steps, the runtime and the arguments."""
+    from .script import main, parse_args
+
+    if not finished_run(out_dir):
+        checkpoint = latest_checkpoint(out_dir)
+        resume = ["--resume_from_checkpoint", checkpoint] if checkpoint else []
+        script_args, training_args, model_args = parse_args(argv + resume)
+        if os.path.abspath(training_args.output_dir) != os.path.abspath(out_dir):
+            raise ValueError(f"train_run: argv trains into {training_args.output_dir}, not {out_dir}.")
+        start = time.perf_counter()
+        trainer = main(script_args, training_args, model_args)
+        seconds = time.perf_counter() - start
+        del trainer
+        gc.collect()
+        for path in glob.glob(os.path.join(out_dir, "checkpoint-*")):
+            shutil.rmtree(path, ignore_errors=True)  # the finished model is in out_dir; checkpoints only resume
+        write_json_atomic(os.path.join(out_dir, RUN_RECORD), {"argv": argv, "seconds": seconds,
+                                                              "resumed": bool(resume)})
+    history = _read_json(os.path.join(out_dir, "trainer_state.json"))["log_history"]
+    record = _read_json(os.path.join(out_dir, RUN_RECORD)) or _read_json(os.path.join(out_dir, _OLD_RUN_RECORD))
+    train_logs = [h for h in history if "loss" in h]
+    summary = history[-1] if history and "train_runtime" in history[-1] else {}
+    return {"output_dir": out_dir, "argv": argv, "train_seconds": record.get("seconds"),
+            "first_log": train_logs[0] if train_logs else None, "last_log": train_logs[-1] if train_logs else None,
+            "train_runtime": summary.get("train_runtime"),
+            "steps": summary.get("step", history[-1].get("step") if history else None)}
