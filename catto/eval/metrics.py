@@ -400,8 +400,14 @@ def _nll_per_item(p: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
 # discrimination and selective prediction (scores need not be probabilities: max logits work too)
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing the mean of the ranks they span (scipy's ``rankdata(method="average")``)."""
+def average_ranks(x: ArrayLike) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of the ranks they span (scipy's ``rankdata(method="average")``):
+    the ranks behind `auroc` and the MSP paper's Mann-Whitney U test.
+
+    >>> average_ranks([0.3, 0.1, 0.3, 0.7]).tolist()
+    [2.5, 1.0, 2.5, 4.0]
+    """
+    x = np.asarray(x)
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     last = np.cumsum(counts)  # rank of the last member of each tie group
     return (last - (counts - 1) / 2.0)[inverse.reshape(-1)]
@@ -427,7 +433,7 @@ def auroc(confidence: ArrayLike, correct: ArrayLike) -> float:
     if n_pos == 0 or n_neg == 0:
         which = "correct" if n_neg == 0 else "wrong"
         return _undefined(f"auroc is undefined: all {corr.shape[0]} items are {which} (need both classes).")
-    rank_sum = _average_ranks(conf)[corr].sum()
+    rank_sum = average_ranks(conf)[corr].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 

@@ -139,10 +139,10 @@ def _mann_whitney_normal(conf: np.ndarray, corr: np.ndarray) -> tuple[float, flo
 
     n1, n2 = int(corr.sum()), int((~corr).sum())
     n = n1 + n2
-    _, inverse, counts = np.unique(conf, return_inverse=True, return_counts=True)
-    starts = np.cumsum(counts) - counts
-    ranks = (starts + (counts + 1) / 2.0)[inverse]  # average ranks, 1-based
-    u = float(ranks[corr].sum() - n1 * (n1 + 1) / 2.0)
+    from ..eval.metrics import average_ranks
+
+    _, counts = np.unique(conf, return_counts=True)
+    u = float(average_ranks(conf)[corr].sum() - n1 * (n1 + 1) / 2.0)
     tie_term = float(np.sum(counts.astype(float) ** 3 - counts))
     sigma = math.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))))
     if sigma == 0:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data.items import MCQAItem
 from ..eval.results import ItemResult
@@ -253,7 +254,7 @@ class ActivationCache:
 
     @torch.no_grad()
     def get(self, model, tokenizer, items: Sequence[MCQAItem], layers: Sequence[int], fmt,
-            batch_size: int) -> dict[int, list[torch.Tensor]]:
+            batch_size: int, progress: bool = False) -> dict[int, list[torch.Tensor]]:
         """{layer: [(K_i, d) float32 activations of item i]} for `items`, running the model only for missing ones."""
         mkey = _model_key(model)
         stores = {layer: self._load(mkey, layer) for layer in layers}
@@ -264,12 +265,15 @@ class ActivationCache:
             device, pad = model_device(model), pad_token_id(tokenizer)
             requests = cloze_requests(tokenizer, [items[i] for i in todo], fmt)
             batch: list[int] = []
+            bar = tqdm(total=len(todo), desc="coral activations", unit="item", disable=not progress)
             for pos, (i, req) in enumerate(zip(todo, requests)):
                 batch.append(pos)
                 if sum(len(requests[j][1]) for j in batch) >= batch_size or pos == len(todo) - 1:
                     self._run(model, [requests[j] for j in batch], [keys[todo[j]] for j in batch], stores, layers,
                               pad, device)
+                    bar.update(len(batch))
                     batch = []
+            bar.close()
             for layer in layers:
                 self._save(mkey, layer)
         return {layer: [stores[layer][k] for k in keys] for layer in layers}
@@ -329,12 +333,12 @@ class CoralEvaluator(Evaluator):
 
     def _activations(self, model, tokenizer, items, layers):
         fmt = self.config.scoring_config().cloze_format
-        return self.cache.get(model, tokenizer, items, layers, fmt, self.config.batch_size)
+        return self.cache.get(model, tokenizer, items, layers, fmt, self.config.batch_size, progress=self.progress)
 
     def fit(self, model, tokenizer, items: Sequence[MCQAItem]) -> CoralEvaluator:
         super().fit(model, tokenizer, items)
         self.candidate_layers = self._layers(model)
-        scored = self.config.score(model, tokenizer, items)
+        scored = self.config.score(model, tokenizer, items, progress=self.progress)
         probs = [torch.tensor(r.option_probs, dtype=torch.float32) for r in scored]
         acts = self._activations(model, tokenizer, items, self.candidate_layers)
         best = select_probe(acts, probs, [it.gold for it in items], self.config)
@@ -355,7 +359,7 @@ class CoralEvaluator(Evaluator):
                     for a, p in zip(acts, probs)]
 
     def evaluate(self, model, tokenizer, items: Sequence[MCQAItem]) -> list[ItemResult]:
-        scored = self.config.score(model, tokenizer, items)
+        scored = self.config.score(model, tokenizer, items, progress=self.progress)
         probs = [torch.tensor(r.option_probs, dtype=torch.float32) for r in scored]
         acts = self._activations(model, tokenizer, items, [self.layer])[self.layer]
         out = []

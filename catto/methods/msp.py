@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data.items import MCQAItem
 from ..data.prompts import apply_chat_template
@@ -76,7 +77,7 @@ def _top_label_probs(n: int, index: int | None, confidence: float) -> list[float
 
 
 @torch.no_grad()
-def generate_msp(model, tokenizer, items: Sequence[MCQAItem], config: MSPConfig) -> list[ItemResult]:
+def generate_msp(model, tokenizer, items: Sequence[MCQAItem], config: MSPConfig, progress: bool = False) -> list[ItemResult]:
     """The paper's MSP: greedy generation, parsed answer, full-vocabulary max probability at the answer token."""
     device = model_device(model)
     fmt = config.scoring_config().letter_format
@@ -91,6 +92,7 @@ def generate_msp(model, tokenizer, items: Sequence[MCQAItem], config: MSPConfig)
     eos = tokenizer.eos_token_id
     out: dict[int, ItemResult] = {}
     order = sorted(range(len(items)), key=lambda i: len(encoded[i]))
+    bar = tqdm(total=len(items), desc="msp generate", unit="item", disable=not progress)
     for start in range(0, len(order), config.batch_size):
         idx = order[start:start + config.batch_size]
         ids, mask, _ = left_padded_batch([encoded[i] for i in idx], pad, device)
@@ -119,6 +121,8 @@ def generate_msp(model, tokenizer, items: Sequence[MCQAItem], config: MSPConfig)
                 source=item.source, subject=item.subject,
                 extra={"msp_mode": "generate", "generation": text, "parse_rule": parsed.rule if parsed else None,
                        "answer_step": step})
+        bar.update(len(idx))
+    bar.close()
     return [out[i] for i in range(len(items))]
 
 
@@ -150,8 +154,8 @@ class MSPEvaluator(Evaluator):
 
     def _confidences(self, model, tokenizer, items: Sequence[MCQAItem]) -> list[ItemResult]:
         if self.config.mode == "generate":
-            return generate_msp(model, tokenizer, items, self.config)
-        results = self.config.score(model, tokenizer, items)
+            return generate_msp(model, tokenizer, items, self.config, progress=self.progress)
+        results = self.config.score(model, tokenizer, items, progress=self.progress)
         return [dataclasses.replace(r, extra={**r.extra, "msp_mode": "letters"}) for r in results]
 
     def fit(self, model, tokenizer, items: Sequence[MCQAItem]) -> MSPEvaluator:

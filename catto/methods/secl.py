@@ -443,7 +443,7 @@ class SECLEvaluator(Evaluator):
                                       weight_decay=self.config.weight_decay)
         self._load_optimizer(optimizer, params)
         every = self.config.checkpoint_every
-        bar = tqdm(total=len(stream), initial=len(results), desc="secl stream", unit="q")
+        bar = tqdm(total=len(stream), initial=len(results), desc="secl stream", unit="q", disable=not self.progress)
         for position in range(len(results), len(stream)):
             results.append(self._process(peft_model, prompter, pad, stream[position], optimizer, params))
             bar.update(1)

@@ -120,7 +120,7 @@ class TemperatureScaling(Evaluator):
 
     def fit(self, model, tokenizer, items: Sequence[MCQAItem]) -> TemperatureScaling:
         super().fit(model, tokenizer, items)
-        results = self.config.score(model, tokenizer, items)
+        results = self.config.score(model, tokenizer, items, progress=self.progress)
         logits = padded_log_probs(results)
         labels = torch.tensor([it.gold for it in items])
         self.temperature = fit_temperature(logits, labels, self.config.max_iter)
@@ -130,7 +130,7 @@ class TemperatureScaling(Evaluator):
         return self
 
     def evaluate(self, model, tokenizer, items: Sequence[MCQAItem]) -> list[ItemResult]:
-        return [apply_temperature(r, self.temperature) for r in self.config.score(model, tokenizer, items)]
+        return [apply_temperature(r, self.temperature) for r in self.config.score(model, tokenizer, items, progress=self.progress)]
 
     def state_json(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "fit_nll": self.fit_nll}

@@ -32,12 +32,9 @@ Flags after the recipe override its keys. Options of the training script:
 def packaged_folder(name: str) -> Path | None:
     """A data folder shipped with catto (`accelerate_configs`, `recipes`): the installed package's copy
     (`catto/<name>` in a wheel), else the checkout's top-level folder (an editable install or a source tree)."""
-    try:
-        resource = importlib.resources.files(f"catto.{name}")
-        if resource.is_dir():
-            return Path(str(resource))
-    except (ModuleNotFoundError, TypeError):
-        pass
+    resource = importlib.resources.files("catto").joinpath(name)
+    if isinstance(resource, Path) and resource.is_dir():
+        return resource
     checkout = Path(__file__).resolve().parents[2] / name
     return checkout if checkout.is_dir() else None
 

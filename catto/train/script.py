@@ -27,7 +27,10 @@ from typing import Any
 from trl import ScriptArguments
 
 from ..errors import CattoError, ConfigError
+from .._logging import get_logger
 from .config import CATTOConfig
+
+logger = get_logger(__name__)
 
 
 class RecipeError(ConfigError):
@@ -242,8 +245,8 @@ def load_preference_data(script_args, training_args):
                 reason = f"; e.g. {skipped[0].reason}" if skipped else ""
                 raise RecipeError(f"{where} has no valid items ({len(skipped)} row(s) skipped{reason}).")
             if skipped:
-                print(f"[catto train] {where}: skipped {len(skipped)} invalid row(s) of {len(items) + len(skipped)}, "
-                      f"e.g. {skipped[0].reason}", file=sys.stderr)
+                logger.warning(f"{where}: skipped {len(skipped)} invalid row(s) of {len(items) + len(skipped)}, "
+                               f"e.g. {skipped[0].reason}")
             return mcqa_to_preference(items, prompt_format=script_args.mcqa_prompt_format,
                                       rejected=script_args.mcqa_rejected,
                                       conversational=script_args.mcqa_conversational, seed=script_args.mcqa_seed)
@@ -325,17 +328,23 @@ def main(script_args, training_args, model_args) -> Any:
     return trainer
 
 
+def _error(err: Exception) -> None:
+    """One line on stderr, from the main process only (every rank hits the same check under a launcher)."""
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", ""):
+        print(f"catto train: {err}", file=sys.stderr, flush=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Script entry point (`python -m catto.train` / `accelerate launch -m catto.train`)."""
     try:
         script_args, training_args, model_args = parse_args(argv)
     except (CattoError, ValueError) as err:  # ValueError: a TrainingArguments / DPOConfig field check
-        print(f"catto train: {err}", file=sys.stderr)
+        _error(err)
         return 2
     try:
         trainer = main(script_args, training_args, model_args)
     except CattoError as err:
-        print(f"catto train: {err}", file=sys.stderr)
+        _error(err)
         return 2
     distributed_cpu = trainer.accelerator.num_processes > 1 and trainer.accelerator.device.type == "cpu"
     trainer.end()  # finishes the trackers and destroys the process group (needed under torchrun, transformers>=5.18)
