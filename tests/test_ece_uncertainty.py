@@ -86,3 +86,18 @@ def test_cluster_bootstrap_resamples_groups():
     assert len(set(sizes[1:])) > 1 and all(s >= 3 for s in sizes[1:])  # 3 groups drawn, sizes 1-3 each
     with pytest.raises(ValueError, match="groups"):
         bootstrap_ci(np.mean, x, groups=groups)
+
+
+def test_calibration_summary_uses_bias_aware_intervals_for_calibration_errors():
+    from catto.eval.metrics import calibration_summary
+
+    conf, correct = _calibrated(120, seed=6)
+    s = calibration_summary(conf, correct, n_resamples=300, seed=0)
+    for key in ("ece", "ece_equal_mass", "mce", "unweighted_ce"):
+        e = s[key]
+        assert e["ci_method"] == "basic" and 0.0 <= e["ci"][0] <= e["debiased"] <= e["ci"][1] <= 1.0
+    assert s["auroc"]["ci_method"] == "percentile" and s["accuracy"]["ci"][0] <= s["accuracy"]["value"]
+    # the same resamples as bootstrap_ci with method="basic" (before clipping)
+    _, low, high = bootstrap_ci(functools.partial(ece, n_bins=15), conf, correct, n_resamples=300, seed=0,
+                                method="basic")
+    assert s["ece"]["ci"] == [max(0.0, low), min(1.0, high)]

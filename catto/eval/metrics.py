@@ -801,8 +801,10 @@ def calibration_summary(
     confidence = max probability) or 1-D confidences and 0/1 correctness. ``ece`` / ``mce`` / ``classwise_ece`` use
     ``n_bins`` and ``binning``; ``ece_equal_mass`` is the same ECE on equal-mass bins (AdaECE); ``unweighted_ce``
     is the MSP paper's metric on ``unweighted_n_bins`` equal-mass bins. Matrix input adds ``brier``, ``nll`` and
-    ``classwise_ece``. With ``n_resamples > 0`` each entry also gets a percentile bootstrap ``ci`` (same resamples
-    for every metric).
+    ``classwise_ece``. With ``n_resamples > 0`` each entry also gets a bootstrap ``ci`` (same resamples for every
+    metric): percentile for accuracy, Brier, NLL, AUROC and AURC; for the calibration errors, whose plug-in value is
+    biased upward (so the percentile interval can miss it), the basic interval clipped to [0, 1] and a ``debiased``
+    value (``ci_method`` says which).
 
     >>> s = calibration_summary([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]], [0, 1, 1, 1], n_bins=10)
     >>> s["accuracy"]["value"], round(s["ece"]["value"], 6), s["ece"]["n_bins"], s["ece"]["binning"]
@@ -827,15 +829,23 @@ def calibration_summary(
     else:
         raise ValueError(f"`probs_or_conf` must be 1-D confidences or a 2-D (N, K) matrix, got shape {arr.shape}.")
 
-    def entry(fn: Callable[..., float], args: tuple, scheme: dict[str, Any] | None = None, **notes: Any):
-        """``fn(*args, **scheme)`` with the scheme (and descriptive notes) recorded next to the value."""
+    def entry(fn: Callable[..., float], args: tuple, scheme: dict[str, Any] | None = None, *, biased: bool = False,
+              **notes: Any):
+        """``fn(*args, **scheme)`` with the scheme (and descriptive notes) recorded next to the value. A
+        calibration error (``biased``: its plug-in estimate is biased upward on finite samples) gets the basic
+        bootstrap interval, clipped to [0, 1], and the bias-corrected ``debiased`` value; see
+        `interval_from_distribution`."""
         metric = functools.partial(fn, **scheme) if scheme else fn
         out: dict[str, Any] = {"value": float(metric(*args)), **(scheme or {}), **notes}
         if n_resamples > 0:
-            _, low, high = bootstrap_ci(
-                metric, *args, n_resamples=n_resamples, confidence_level=confidence_level, seed=seed
-            )
-            out.update(ci=[low, high], ci_level=confidence_level, n_resamples=n_resamples, seed=seed)
+            point, values = bootstrap_distribution(metric, *args, n_resamples=n_resamples, seed=seed)
+            method = "basic" if biased else "percentile"
+            low, high = interval_from_distribution(point, values, confidence_level, method)
+            if biased:
+                low, high = max(0.0, low), min(1.0, high)
+                out["debiased"] = max(0.0, 2 * point - float(np.nanmean(values)))
+            out.update(ci=[low, high], ci_level=confidence_level, ci_method=method, n_resamples=n_resamples,
+                       seed=seed)
         return out
 
     top = (conf, correct)
@@ -844,14 +854,14 @@ def calibration_summary(
         "n": int(conf.shape[0]),
         "input": "probs" if probs is not None else "confidence",
         "accuracy": entry(_accuracy, (correct,)),
-        "ece": entry(ece, top, {**binned, "norm": "l1"}),
-        "ece_equal_mass": entry(ece, top, {"n_bins": n_bins, "binning": "equal_mass", "norm": "l1"}),
-        "mce": entry(ece, top, {**binned, "norm": "max"}),
+        "ece": entry(ece, top, {**binned, "norm": "l1"}, biased=True),
+        "ece_equal_mass": entry(ece, top, {"n_bins": n_bins, "binning": "equal_mass", "norm": "l1"}, biased=True),
+        "mce": entry(ece, top, {**binned, "norm": "max"}, biased=True),
         "unweighted_ce": entry(
             unweighted_binned_calibration_error,
             top,
             {"n_bins": unweighted_n_bins, "binning": "equal_mass", "right_edge": "closed"},
-            weighting="unweighted mean over non-empty bins",
+            biased=True, weighting="unweighted mean over non-empty bins",
         ),
         "brier_top_label": entry(top_label_brier_score, top, form="top_label"),
         "auroc": entry(auroc, top, score="confidence", positive="correct", ties="average ranks"),
@@ -861,5 +871,5 @@ def calibration_summary(
         pl = (probs, labels)
         summary["brier"] = entry(brier_score, pl, form="multiclass")
         summary["nll"] = entry(nll, pl, {"eps": nll_eps})
-        summary["classwise_ece"] = entry(classwise_ece, pl, {**binned, "norm": "l1"})
+        summary["classwise_ece"] = entry(classwise_ece, pl, {**binned, "norm": "l1"}, biased=True)
     return summary

@@ -50,6 +50,9 @@ class EvalArguments:
     split: str | None = field(default=None, metadata={"help": "Dataset split (default: each dataset's "
                                                               "evaluation split)."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N items of each dataset."})
+    sample: int | None = field(default=None, metadata={
+        "help": "Evaluate a seeded random sample of N items of each dataset (--seed) instead of the first N (MMLU's "
+                "first items are all one subject)."})
     on_invalid: str = field(default="skip", metadata={
         "help": "Rows the validation rejects (duplicate or empty options, ...): skip them and record each with its "
                 "reason in metrics.json (default), or stop at the first with the error.",
@@ -100,12 +103,14 @@ class EvalArguments:
             raise ConfigError("--data is required: at least one dataset spec (e.g. --data arc_easy).")
         if not self.out:
             raise ConfigError("--out is required: the folder results are written to.")
-        checks = {"limit": (self.limit, 1), "num_fewshot": (self.num_fewshot, 0), "n_bins": (self.n_bins, 1),
+        checks = {"limit": (self.limit, 1), "sample": (self.sample, 1), "num_fewshot": (self.num_fewshot, 0), "n_bins": (self.n_bins, 1),
                   "bootstrap": (self.bootstrap, 0), "fit_limit": (self.fit_limit, 1),
                   "fit_first": (self.fit_first, 1)}
         for name, (value, low) in checks.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
+        if self.limit is not None and self.sample is not None:
+            raise ConfigError("Give --limit (the first N items) or --sample (a random N), not both.")
         given = [n for n in ("fit_data", "fit_first", "load_evaluator") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ConfigError(f"Give at most one of --fit-data, --fit-first and --load-evaluator (got "
@@ -121,7 +126,7 @@ class EvalArguments:
                 "binning": {"n_bins": self.n_bins, "scheme": self.binning},
                 "bootstrap": {"n_resamples": self.bootstrap, "seed": self.seed,
                               "interval": "percentile, 95 % (ECE also basic/bias-aware, see catto.eval.metrics)"},
-                "seed": self.seed, "limit": self.limit, "split": self.split,
+                "seed": self.seed, "limit": self.limit, "sample": self.sample, "split": self.split,
                 "fit": {"data": self.fit_data, "split": self.fit_split, "limit": self.fit_limit,
                         "first": self.fit_first, "loaded": self.load_evaluator}}
 
@@ -292,6 +297,10 @@ class EvalRunner:
                 n = a.limit + a.num_fewshot if a.limit else None
                 items = load_mcqa(spec, split=a.split, limit=n, seed=a.seed, on_invalid=a.on_invalid)
                 fewshot, eval_items = list(items[: a.num_fewshot]), list(items[a.num_fewshot:])
+            if a.sample is not None and len(eval_items) > a.sample:
+                import random
+
+                eval_items = random.Random(a.seed).sample(eval_items, a.sample)
             skipped = [{"row": s.row, "id": s.id, "reason": s.reason} for s in getattr(items, "skipped", [])]
             if not eval_items:
                 reason = f" ({len(skipped)} invalid rows skipped, e.g. {skipped[0]['reason']})" if skipped else ""
@@ -326,6 +335,10 @@ class EvalRunner:
         check_preference_columns(dataset, f"--data {spec!r}")
         rows = [{**row, "id": str(row.get("id") if row.get("id") is not None else i)} for i, row in
                 enumerate(dataset)]
+        if self.args.sample is not None and len(rows) > self.args.sample:
+            import random
+
+            rows = random.Random(self.args.seed).sample(rows, self.args.sample)
         return rows[: self.args.limit] if self.args.limit else rows
 
     def model(self):

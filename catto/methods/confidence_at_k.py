@@ -121,6 +121,9 @@ class ConfidenceAtKConfig:
     batch_size: int = field(default=4, metadata=_help(
         "Questions per generate call (each becomes k rows; raw logits of batch_size * k rows are kept per step)."))
     seed: int = field(default=0, metadata=_help("Sampling seed (combined with each batch's item ids)."))
+    calibrate: bool = field(default=True, metadata=_help(
+        "Whether `fit` (labelled items from --fit-data / --fit-first / --calibrate-on) fits a temperature to the letter "
+        "confidences; False keeps the model's raw confidences (to compare how calibrated models themselves are)."))
     share_prompt_cache: bool = field(default=True, metadata=_help(
         "Run each prompt once and repeat its KV cache for the k samples (same samples as num_return_sequences=k, "
         "k times less prompt compute); False: generate(num_return_sequences=k) for models whose cache cannot be "
@@ -668,7 +671,8 @@ class ConfidenceAtK(Evaluator):
 
     def fit(self, model, tokenizer, items: Sequence[MCQAItem]) -> ConfidenceAtK:
         super().fit(model, tokenizer, items)
-        self.calibrator = fit_calibrator(confidence_at_k(model, tokenizer, items, self.config))
+        if self.config.calibrate:
+            self.calibrator = fit_calibrator(confidence_at_k(model, tokenizer, items, self.config))
         return self
 
     def evaluate(self, model, tokenizer, items: Sequence[MCQAItem], *,
