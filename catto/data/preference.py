@@ -67,3 +67,66 @@ def check_preference_columns(dataset, where: str) -> None:
             "data (`mcqa_data` in catto train).")
     if len(dataset) == 0:
         raise DataError(f"{where} is empty.")
+
+
+def _text_of(value) -> str | None:
+    """The text of a completion: a string, or the concatenated contents of a message list; None if neither."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
+        return "".join(m["content"] if isinstance(m["content"], str) else str(m["content"]) for m in value)
+    return None
+
+
+def row_problem(row: dict, has_prompt: bool) -> tuple[str, str] | None:
+    """`(field, what is wrong and the fix)` for a preference row that cannot be trained or evaluated on, else None."""
+    for name in ("chosen", "rejected"):
+        text = _text_of(row.get(name))
+        if text is None:
+            return name, (f"is a {type(row.get(name)).__name__}, not a string or a list of chat messages "
+                          "({'role', 'content'}). Fix: store the completion as text or messages.")
+        if not text.strip():
+            return name, "is empty. Fix: give every pair a non-empty chosen and rejected completion (or drop it)."
+    if type(row["chosen"]) is not type(row["rejected"]):
+        return "rejected", ("is not the same kind as chosen (one text, one message list). Fix: use one format for "
+                            "both.")
+    if has_prompt:
+        prompt = row.get("prompt")
+        if _text_of(prompt) is None:
+            return "prompt", (f"is a {type(prompt).__name__}, not a string or a list of chat messages. Fix: store "
+                              "the prompt as text or messages.")
+    else:
+        chosen, rejected = row["chosen"], row["rejected"]
+        shared = 0
+        for a, b in zip(chosen, rejected):
+            if a != b:
+                break
+            shared += 1
+        if shared == 0:
+            return "prompt", ("is missing and chosen/rejected share no beginning to take it from (TRL's implicit "
+                              "prompt). Fix: add a 'prompt' column, or put the same prompt at the start of both.")
+    if row["chosen"] == row["rejected"]:
+        return "rejected", "equals chosen: the pair prefers nothing. Fix: drop the row."
+    return None
+
+
+def validate_preference_rows(dataset, where: str, on_invalid: str = "skip"):
+    """`(dataset of the valid rows, [{"row", "field", "reason"}, ...] of the others)`; with `on_invalid="raise"` the
+    first invalid row is a `DataError` naming the row, the field and the fix. No valid row at all is an error."""
+    if on_invalid not in ("skip", "raise"):
+        raise DataError(f"on_invalid must be 'skip' or 'raise', got {on_invalid!r}.")
+    has_prompt = "prompt" in dataset.column_names
+    skipped, keep = [], []
+    for i, row in enumerate(dataset):
+        problem = row_problem(row, has_prompt)
+        if problem is None:
+            keep.append(i)
+            continue
+        field, reason = problem
+        if on_invalid == "raise":
+            raise DataError(f"{where} row {i}: '{field}' {reason}")
+        skipped.append({"row": i, "field": field, "reason": f"'{field}' {reason}"})
+    if not keep:
+        raise DataError(f"{where} has no valid pair ({len(skipped)} row(s) invalid; row {skipped[0]['row']}: "
+                        f"{skipped[0]['reason']})")
+    return (dataset.select(keep) if skipped else dataset), skipped

@@ -328,11 +328,15 @@ class EvalRunner:
         return datasets
 
     def _load_pairs(self, spec: str) -> list[dict]:
-        from ..data.preference import check_preference_columns, load_preference_dataset
+        from ..data.preference import check_preference_columns, load_preference_dataset, validate_preference_rows
 
         source = spec.removeprefix("pairs:")
         dataset = load_preference_dataset(source, self.args.split or "train")
         check_preference_columns(dataset, f"--data {spec!r}")
+        dataset, skipped = validate_preference_rows(dataset, f"--data {spec!r}", self.args.on_invalid)
+        if skipped:
+            logger.warning(f"{spec}: skipped {len(skipped)} invalid pair(s); row {skipped[0]['row']}: "
+                           f"{skipped[0]['reason']}")
         rows = [{**row, "id": str(row.get("id") if row.get("id") is not None else i)} for i, row in
                 enumerate(dataset)]
         if self.args.sample is not None and len(rows) > self.args.sample:

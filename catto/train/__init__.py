@@ -6,6 +6,7 @@ live-calibration callback and the `catto train` script.
 - `catto.train.config`, `catto.train.trainer`: `CATTOConfig(DPOConfig)`, `CATTODPOTrainer(DPOTrainer)` (wiring).
 - `catto.train.callbacks`: `CalibrationEvalCallback` (eval_calibration/* curves while training).
 - `catto.train.script`: the recipe-driven training job (`python -m catto.train --config recipe.yaml`).
+- `catto.train.checks`: what is checked before any model loads (model, data, output folder, resume checkpoint).
 - `catto.train.launcher`: `catto train`, the `accelerate launch` line around the script.
 - `catto.train.runs`: train a recipe once and reuse a finished run (the demo and the studies).
 
@@ -21,8 +22,9 @@ _LAZY = {
     "CATTODPOTrainer": "catto.train.trainer",
     "CalibrationEvalCallback": "catto.train.callbacks",
     **{name: "catto.train.script" for name in (
-        "CATTOScriptArguments", "RecipeError", "check_model", "check_recipe_keys", "load_calibration_items",
+        "CATTOScriptArguments", "check_recipe_keys", "load_calibration_items",
         "load_preference_data", "main", "make_parser", "parse_args", "run")},
+    **{name: "catto.train.checks" for name in ("RecipeError", "check_model", "check_checkpoint", "preflight")},
     **{name: "catto.train.launcher" for name in (
         "LAUNCH_FLAGS", "build_launch_command", "launch", "resolve_accelerate_config", "split_launch_args")},
     **{name: "catto.train.runs" for name in ("train_run", "finished_run", "latest_checkpoint")},

@@ -77,9 +77,18 @@ def split_launch_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def build_launch_command(argv: list[str]) -> list[str]:
-    """The `accelerate launch ... -m catto.train ...` argv for `catto train ARGS` (the arguments are checked first)."""
+    """The `accelerate launch ... -m catto.train ...` argv for `catto train ARGS`. Everything that can be checked
+    without the model is checked first, here, in one process: the recipe and flags, the model's config and tokenizer,
+    the output folder, the checkpoint to resume and its settings, and the data (every row validated)."""
+    from .checks import preflight
+    from .script import load_calibration_items, load_preference_data
+
     launch, script = split_launch_args(argv)
-    parse_args(script)  # fail here, in one process, on a bad recipe or flag
+    script_args, training_args, model_args = parse_args(script)
+    preflight(script_args, training_args, model_args)
+    load_preference_data(script_args, training_args)
+    if script_args.calibration_eval_data:
+        load_calibration_items(script_args)
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if "--accelerate_config" in launch:
         i = launch.index("--accelerate_config")
@@ -89,8 +98,14 @@ def build_launch_command(argv: list[str]) -> list[str]:
 
 
 def launch(argv: list[str]) -> int:
-    """`catto train`: validate, then run the training script under `accelerate launch`; returns the exit status."""
-    import subprocess
+    """`catto train`: validate, then run the training script under `accelerate launch`; returns the exit status.
+
+    A catto error inside the launched job (raised after the checks here, e.g. a data file that changed) ends the
+    command with the job's own one-line message, not with the launcher's traceback: the job writes its message to a
+    file this process names (`CATTO_ERROR_FILE`), and the traceback the launcher prints after a failed child is held
+    back when that message exists.
+    """
+    import tempfile
 
     if not argv or argv[0] in ("-h", "--help"):
         print(TRAIN_USAGE.format(names=", ".join(accelerate_config_names())))
@@ -98,4 +113,39 @@ def launch(argv: list[str]) -> int:
         return 0
     command = build_launch_command(argv)
     print("[catto train] " + " ".join(command[1:]), flush=True)
-    return subprocess.call(command)
+    with tempfile.TemporaryDirectory() as tmp:
+        error_file = os.path.join(tmp, "error.txt")
+        status = run_holding_back_tracebacks(command, {**os.environ, "CATTO_ERROR_FILE": error_file}, error_file)
+        if status != 0 and os.path.exists(error_file):
+            with open(error_file) as f:
+                print(f.read().strip(), file=sys.stderr)
+            return 2
+    return status
+
+
+def run_holding_back_tracebacks(command: list[str], env: dict, error_file: str) -> int:
+    """Run `command`, copying its output through; once a line starts a traceback, the rest of stderr is held back
+    and printed only if the job left no message in `error_file` (then the traceback is the only explanation)."""
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    held: list[str] = []
+
+    def pump() -> None:
+        holding = False
+        for line in proc.stderr:
+            holding = holding or line.startswith("Traceback (most recent call last)")
+            if holding:
+                held.append(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    status = proc.wait()
+    thread.join()
+    if held and not (status != 0 and os.path.exists(error_file)):
+        sys.stderr.write("".join(held))
+    return status

@@ -26,15 +26,12 @@ from typing import Any
 
 from trl import ScriptArguments
 
-from ..errors import CattoError, ConfigError
+from ..errors import CattoError
 from .._logging import get_logger
+from .checks import SETTINGS_FILE, RecipeError, clear_output_dir, preflight, resolve_resume
 from .config import CATTOConfig
 
 logger = get_logger(__name__)
-
-
-class RecipeError(ConfigError):
-    """A recipe or command line that cannot be run as written; the message names the key and the fix."""
 
 
 @dataclass
@@ -73,10 +70,17 @@ class CATTOScriptArguments(ScriptArguments):
         default="random", metadata={"help": "'random' (one wrong option per item) or 'all' (one pair per wrong option)."})
     mcqa_conversational: bool = field(
         default=False, metadata={"help": "Build chat-message pairs (for instruct models with a chat template)."})
-    mcqa_on_invalid: str = field(
+    on_invalid: str = field(
         default="skip",
-        metadata={"help": "MCQA rows that fail validation (no gold label, duplicate options, ...): 'skip' them with a "
-                          "warning that counts them and gives the first reason, or 'raise' on the first one."})
+        metadata={"help": "Rows that fail validation (a preference pair with an empty or mistyped completion or no "
+                          "prompt to find; an MCQA item without a gold label or with duplicate options, ...): 'skip' "
+                          "them with a warning that counts them and gives the first reason, or 'raise' on the first."})
+    mcqa_on_invalid: str | None = field(
+        default=None, metadata={"help": "Overrides `on_invalid` for MCQA rows (None: `on_invalid`)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an output_dir that holds a finished run or checkpoints, replacing them (without "
+                          "it such a folder is refused: resume it or pick a new one)."})
     mcqa_seed: int = field(default=0, metadata={"help": "Seed of the rejected-option draw and option shuffles."})
     calibration_eval_data: str | None = field(
         default=None,
@@ -112,7 +116,10 @@ class CATTOScriptArguments(ScriptArguments):
             raise RecipeError("Set exactly one of `dataset_name` (a preference dataset) and `mcqa_data` (MCQA items "
                               f"turned into pairs); got dataset_name={self.dataset_name!r}, "
                               f"mcqa_data={self.mcqa_data!r}.")
-        choices = {"mcqa_prompt_format": ("cloze", "letter"), "mcqa_on_invalid": ("skip", "raise"), "mcqa_rejected": ("random", "all"),
+        if self.mcqa_on_invalid is None:
+            self.mcqa_on_invalid = self.on_invalid
+        choices = {"mcqa_prompt_format": ("cloze", "letter"), "on_invalid": ("skip", "raise"),
+                   "mcqa_on_invalid": ("skip", "raise"), "mcqa_rejected": ("random", "all"),
                    "calibration_eval_scoring": ("letter", "cloze"),
                    "calibration_eval_binning": ("equal_width", "equal_mass")}
         for name, allowed in choices.items():
@@ -202,37 +209,22 @@ def parse_args(argv: list[str] | None = None):
 # Checks that run before anything heavy
 
 
-def check_model(model_args) -> None:
-    """Fail early, with the fix, when the model's config cannot be read or quantization cannot work here."""
-    import torch
-    from transformers import AutoConfig
+def _checked_pairs(script_args, split: str):
+    """A split of `dataset_name`, its columns checked and its rows validated (invalid ones skipped or raised)."""
+    from ..data.preference import check_preference_columns, load_preference_dataset, validate_preference_rows
 
-    name = model_args.model_name_or_path
-    try:
-        AutoConfig.from_pretrained(name, revision=model_args.model_revision)
-    except (OSError, ValueError) as err:
-        local = os.path.exists(os.path.expanduser(name))
-        fix = (f"{name!r} exists but holds no loadable config.json (is it a model folder saved with save_pretrained?)"
-               if local else f"{name!r} is not a local folder, and the hub could not give its config (no network, a "
-               "typo in the id, or a gated model: run `huggingface-cli login`)")
-        raise RecipeError(f"model_name_or_path: cannot load {name!r}: {fix}. Original error: "
-                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        import importlib.util
-
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise RecipeError("load_in_4bit/load_in_8bit (QLoRA) need bitsandbytes: pip install 'catto[quantization]'.")
-        if not torch.cuda.is_available():
-            raise RecipeError("load_in_4bit/load_in_8bit (QLoRA) need a CUDA GPU; on CPU train with LoRA "
-                              "(use_peft: true) and no quantization.")
-        if not model_args.use_peft:
-            raise RecipeError("A 4/8-bit model cannot be fully fine-tuned: set use_peft: true (QLoRA).")
+    where = f"dataset_name {script_args.dataset_name!r} (split {split!r})"
+    dataset = load_preference_dataset(script_args.dataset_name, split, script_args.dataset_config)
+    check_preference_columns(dataset, where)
+    dataset, skipped = validate_preference_rows(dataset, where, script_args.on_invalid)
+    if skipped:
+        logger.warning(f"{where}: skipped {len(skipped)} invalid row(s) of {len(dataset) + len(skipped)}; row "
+                       f"{skipped[0]['row']}: {skipped[0]['reason']}")
+    return dataset
 
 
 def load_preference_data(script_args, training_args):
     """(train, eval or None) preference datasets from `dataset_name` or from `mcqa_data` pairs."""
-    from ..data.preference import check_preference_columns, load_preference_dataset
-
     if script_args.mcqa_data is not None:
         from ..data import load_mcqa, mcqa_to_preference
 
@@ -254,17 +246,11 @@ def load_preference_data(script_args, training_args):
         train = pairs(script_args.mcqa_train_split)
         evaluation = pairs(script_args.mcqa_eval_split) if script_args.mcqa_eval_split else None
     else:
-        train = load_preference_dataset(script_args.dataset_name, script_args.dataset_train_split,
-                                        script_args.dataset_config)
-        check_preference_columns(train, f"dataset_name {script_args.dataset_name!r} "
-                                        f"(split {script_args.dataset_train_split!r})")
+        train = _checked_pairs(script_args, script_args.dataset_train_split)
         test_split = script_args.dataset_test_split
         if test_split is None and training_args.eval_strategy != "no":
             test_split = "test"
-        evaluation = (load_preference_dataset(script_args.dataset_name, test_split, script_args.dataset_config)
-                      if test_split else None)
-        if evaluation is not None:
-            check_preference_columns(evaluation, f"dataset_name {script_args.dataset_name!r} (split {test_split!r})")
+        evaluation = _checked_pairs(script_args, test_split) if test_split else None
     if training_args.eval_strategy != "no" and evaluation is None:
         raise RecipeError(f"eval_strategy is {training_args.eval_strategy!r} but there is no DPO eval set. Fix: set "
                           "dataset_test_split (or mcqa_eval_split), or eval_strategy: 'no' (the calibration eval "
@@ -294,7 +280,7 @@ def main(script_args, training_args, model_args) -> Any:
     from .callbacks import CalibrationEvalCallback
     from .trainer import CATTODPOTrainer
 
-    check_model(model_args)
+    settings = preflight(script_args, training_args, model_args)
     train, evaluation = load_preference_data(script_args, training_args)
     calibration_items = load_calibration_items(script_args) if script_args.calibration_eval_data else None
 
@@ -321,7 +307,17 @@ def main(script_args, training_args, model_args) -> Any:
             batch_size=script_args.calibration_eval_batch_size, n_bins=script_args.calibration_eval_n_bins,
             binning=script_args.calibration_eval_binning,
         ).attach(trainer)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    out = training_args.output_dir
+    if trainer.accelerator.is_main_process:
+        if script_args.overwrite_output_dir and resolve_resume(training_args) is None:
+            removed = clear_output_dir(out)
+            if removed:
+                logger.warning(f"overwrite_output_dir: removed {len(removed)} file(s) of the earlier run in {out}")
+        from ..io import write_json_atomic
+
+        write_json_atomic(os.path.join(out, SETTINGS_FILE), settings)
+    trainer.accelerator.wait_for_everyone()
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the full log history, for plots and for comparing runs
     trainer.accelerator.print(f"[catto train] saved the model and trainer_state.json to {training_args.output_dir}")
@@ -329,9 +325,14 @@ def main(script_args, training_args, model_args) -> Any:
 
 
 def _error(err: Exception) -> None:
-    """One line on stderr, from the main process only (every rank hits the same check under a launcher)."""
+    """One line on stderr, from the main process only (every rank hits the same check under a launcher); under
+    `catto train` also into the file it named, so its message is the command's last word."""
     if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", ""):
-        print(f"catto train: {err}", file=sys.stderr, flush=True)
+        message = f"catto train: {err}"
+        print(message, file=sys.stderr, flush=True)
+        if os.environ.get("CATTO_ERROR_FILE"):
+            with open(os.environ["CATTO_ERROR_FILE"], "w") as f:
+                f.write(message)
 
 
 def run(argv: list[str] | None = None) -> int:
