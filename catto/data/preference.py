@@ -102,7 +102,11 @@ def row_problem(row: dict, has_prompt: bool) -> tuple[str, str] | None:
             if a != b:
                 break
             shared += 1
-        if shared == 0:
+        # TRL takes the shared beginning as the prompt; for text it must end between words, not inside one
+        # ("w1 w2" / "w3 w4" share "w": not a prompt)
+        mid_word = isinstance(chosen, str) and 0 < shared < min(len(chosen), len(rejected)) and \
+            chosen[shared - 1].isalnum() and chosen[shared].isalnum()
+        if shared == 0 or mid_word:
             return "prompt", ("is missing and chosen/rejected share no beginning to take it from (TRL's implicit "
                               "prompt). Fix: add a 'prompt' column, or put the same prompt at the start of both.")
     if row["chosen"] == row["rejected"]:

@@ -75,7 +75,7 @@ class ReportArguments:
         if not methods:
             raise ConfigError("--methods is empty. Fix: name at least one method, e.g. --methods scoring.")
         if len(set(methods)) != len(methods):
-            raise ConfigError(f"--methods lists a method twice: {methods}.")
+            raise ConfigError(f"--methods lists a method twice: {methods}. Fix: name each once.")
         return methods
 
     def overrides(self) -> dict[str, dict[str, Any]]:
@@ -84,7 +84,7 @@ class ReportArguments:
             key, sep, value = pair.partition("=")
             method, dot, name = key.partition(".")
             if not sep or not dot:
-                raise ConfigError(f"--set expects METHOD.FIELD=VALUE, got {pair!r}.")
+                raise ConfigError(f"--set {pair!r} is not METHOD.FIELD=VALUE. Fix: e.g. --set coral.epochs=20.")
             try:
                 parsed = json.loads(value)
             except json.JSONDecodeError:
@@ -97,9 +97,10 @@ class ReportArguments:
         for pair in self.load:
             name, sep, folder = pair.partition("=")
             if not sep or not name or name in methods or name in dict(loads):
-                raise ConfigError(f"--load expects a new NAME=DIR, got {pair!r}.")
+                raise ConfigError(f"--load {pair!r} is not a new NAME=DIR. Fix: e.g. --load ts=runs/temperature/evaluator "
+                                  "with a name no other method has.")
             if not os.path.isdir(folder):
-                raise ConfigError(f"--load {name}={folder}: no such folder.")
+                raise ConfigError(f"--load {name}={folder}: no such folder. Fix: check the path.")
             loads.append((name, folder))
         return loads
 
@@ -112,7 +113,8 @@ def method_config(cls, report: ReportArguments, seed: int, overrides: dict[str, 
         values["scoring"] = "letter"  # MSP's letters mode reads letter scoring whatever the others use
     unknown = set(overrides) - fields
     if unknown:
-        raise ConfigError(f"--set: {cls.name} has no config field(s) {sorted(unknown)}; known: {sorted(fields)}.")
+        raise ConfigError(f"--set: {cls.name} has no config field(s) {sorted(unknown)}. Fix: use one of "
+                          f"{sorted(fields)}.")
     try:
         return cls.config_class(**{**values, **overrides})
     except (TypeError, ValueError) as err:
@@ -187,9 +189,11 @@ def run_report(args: EvalArguments, report: ReportArguments, *, model_and_tokeni
     overrides = report.overrides()
     for m in overrides:
         if m not in classes:
-            raise ConfigError(f"--set names {m!r}, which is not among --methods {methods}.")
+            raise ConfigError(f"--set names {m!r}, which is not among --methods {methods}. Fix: add it to --methods or "
+                              "drop the --set.")
     if args.load_evaluator:
-        raise ConfigError("catto report takes saved evaluators as --load NAME=DIR, not --load-evaluator.")
+        raise ConfigError("--load-evaluator is a catto eval option. Fix: in catto report, add a saved evaluator with "
+                          "--load NAME=DIR.")
     specs = [MethodSpec(m, cls, method_config(cls, report, args.seed, overrides.get(m, {})))
              for m, cls in classes.items()]
     for name, folder in report.loads(methods):

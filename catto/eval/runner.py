@@ -98,23 +98,25 @@ class EvalArguments:
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ConfigError("--model is required: a hub id or a local model folder.")
+            raise ConfigError("--model is missing. Fix: pass --model HUB_ID_OR_FOLDER.")
         if not self.data:
-            raise ConfigError("--data is required: at least one dataset spec (e.g. --data arc_easy).")
+            raise ConfigError("--data is missing. Fix: pass at least one dataset spec, e.g. --data arc_easy.")
         if not self.out:
-            raise ConfigError("--out is required: the folder results are written to.")
+            raise ConfigError("--out is missing. Fix: pass --out FOLDER for the results.")
         checks = {"limit": (self.limit, 1), "sample": (self.sample, 1), "num_fewshot": (self.num_fewshot, 0), "n_bins": (self.n_bins, 1),
                   "bootstrap": (self.bootstrap, 0), "fit_limit": (self.fit_limit, 1),
                   "fit_first": (self.fit_first, 1)}
         for name, (value, low) in checks.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}. Fix: pass "
+                                  f"a whole number >= {low}.")
         if self.limit is not None and self.sample is not None:
-            raise ConfigError("Give --limit (the first N items) or --sample (a random N), not both.")
+            raise ConfigError("--limit and --sample are both given. Fix: keep one: --limit N (the first N items) or "
+                              "--sample N (a seeded random N).")
         given = [n for n in ("fit_data", "fit_first", "load_evaluator") if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ConfigError(f"Give at most one of --fit-data, --fit-first and --load-evaluator (got "
-                              f"{', '.join('--' + g.replace('_', '-') for g in given)}).")
+            raise ConfigError(f"{' and '.join('--' + g.replace('_', '-') for g in given)} both say where the fit "
+                              "comes from. Fix: give at most one of --fit-data, --fit-first and --load-evaluator.")
         self.report_to = [t for t in self.report_to if t not in ("none", "")]
 
     def record(self) -> dict[str, Any]:
@@ -368,7 +370,7 @@ class EvalRunner:
         if spec.cls is None:
             return
         if spec.cls.needs_labels and spec.evaluator is None and not (a.fit_data or a.fit_first or a.load_evaluator):
-            raise ConfigError(f"{spec.name} learns from labelled items: pass --fit-data SPEC (fit on another "
+            raise ConfigError(f"{spec.name} learns from labelled items. Fix: pass --fit-data SPEC (fit on another "
                               "dataset), --fit-first N (fit on the first N items of each --data) or "
                               f"{self.load_hint}.")
         if a.num_fewshot and not spec.cls.uses_fewshot:
@@ -403,6 +405,21 @@ class EvalRunner:
         for spec in methods:
             self._check_method(spec)
         ensure_writable(a.out)
+        from .modeling import check_model_folder
+
+        check_model_folder(a.model, a.gguf_file)  # before anything else names the model
+        if a.adapter is not None and not os.path.isfile(os.path.join(a.adapter, "adapter_config.json")):
+            raise ConfigError(f"--adapter {a.adapter}: no adapter_config.json; it is not a PEFT adapter folder. Fix: "
+                              "pass the output_dir of a LoRA catto train run.")
+        loaded = None
+        if a.load_evaluator and any(s.cls is not None and s.evaluator is None for s in methods):
+            from ..methods import load_evaluator
+
+            loaded = load_evaluator(a.load_evaluator)
+            for spec in methods:
+                if spec.cls is not None and spec.evaluator is None and loaded.name != spec.name:
+                    raise ConfigError(f"--load-evaluator {a.load_evaluator} holds a {loaded.name!r} evaluator, not "
+                                      f"{spec.name!r}. Fix: pass --method {loaded.name}.")
         for spec in methods:  # refuse a mismatched resume before the model is loaded
             for d in self.datasets.values():
                 if spec.cls is not None and spec.evaluator is None and spec.results_dir is None:
@@ -415,13 +432,7 @@ class EvalRunner:
             if spec.evaluator is not None:
                 shared[spec.name] = spec.evaluator
                 spec.evaluator.progress = not a.no_progress
-            elif spec.cls is not None and a.load_evaluator:
-                from ..methods import load_evaluator
-
-                loaded = load_evaluator(a.load_evaluator)
-                if loaded.name != spec.name:
-                    raise ConfigError(f"--load-evaluator {a.load_evaluator} holds a {loaded.name!r} evaluator, not "
-                                      f"{spec.name!r}. Fix: pass --method {loaded.name}.")
+            elif spec.cls is not None and loaded is not None:
                 loaded.progress, loaded.metric_options = not a.no_progress, self._new(spec).metric_options
                 shared[spec.name] = loaded
             elif spec.cls is not None and self.fit_items is not None:
