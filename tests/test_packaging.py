@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_wheel_in_a_fresh_venv_ships_configs_and_recipes(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
                     str(REPO)], check=True, capture_output=True, text=True)
     (wheel,) = dist.glob("catto-*.whl")
     env_dir = tmp_path / "venv"
