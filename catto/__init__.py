@@ -16,9 +16,8 @@ console commands) on top.
 
 from __future__ import annotations
 
-import importlib
-
 from . import _compat
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -38,14 +37,4 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 _compat.install()
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'catto' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes('catto', globals(), _LAZY)

@@ -15,7 +15,7 @@ Names are imported on first use.
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes
 
 _LAZY = {
     "CATTOConfig": "catto.train.config",
@@ -31,14 +31,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'catto.train' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes('catto.train', globals(), _LAZY)
