@@ -72,6 +72,7 @@ class ScoringConfig:
 
 
 def tokenizer_name(tokenizer) -> str:
+    """A name for `tokenizer` in error messages (its hub id or folder, else its class)."""
     return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
 
 
@@ -102,7 +103,13 @@ def letter_token_ids(tokenizer, prompt: str, letters: Sequence[str]) -> list[int
 
 
 def left_padded_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad token lists; returns input_ids, attention_mask and position ids counted over real tokens only."""
+    """Left-pad token lists; returns input_ids, attention_mask and position ids counted over real tokens only (so a
+    padded row sees the same positions as the unpadded sequence): the batch layout every scoring forward uses.
+
+    >>> ids, mask, pos = left_padded_batch([[5, 6, 7], [8]], pad_id=0, device="cpu")
+    >>> ids.tolist(), mask.tolist(), pos.tolist()
+    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]], [[0, 1, 2], [0, 0, 0]])
+    """
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -114,6 +121,7 @@ def left_padded_batch(sequences: list[list[int]], pad_id: int, device) -> tuple[
 
 
 def check_finite_logits(*tensors: torch.Tensor) -> None:
+    """Raise a `FloatingPointError` naming the usual cause (an fp16 overflow) if any tensor holds NaN or inf."""
     if not all(torch.isfinite(t).all() for t in tensors):
         raise FloatingPointError(
             "The model produced NaN/inf logits; check the dtype (fp16 overflows on some models; use bf16 or fp32)."
@@ -129,10 +137,12 @@ def _forward_last_logits(model, ids, mask, positions, n_last: int) -> torch.Tens
 
 
 def model_device(model) -> torch.device:
+    """The device of `model`'s first parameter (where its inputs go)."""
     return next(model.parameters()).device
 
 
 def pad_token_id(tokenizer) -> int:
+    """The id used for padding: the pad token, else EOS (an error naming the tokenizer if it has neither)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError(f"Tokenizer {tokenizer_name(tokenizer)!r} has neither a pad nor an EOS token.")
