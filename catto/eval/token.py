@@ -399,6 +399,8 @@ def paired_token_difference(a: Sequence[TokenPairResult], b: Sequence[TokenPairR
     def diff(ca, ya, cb, yb):
         return fn(ca, ya) - fn(cb, yb)
 
+    if n_resamples <= 0:
+        return {"value": diff(conf_a, corr_a, conf_b, corr_b), "paired": True, "role": role}
     point, values = bootstrap_distribution(diff, conf_a, corr_a, conf_b, corr_b, n_resamples=n_resamples, seed=seed,
                                            groups=group)
     method = "basic" if metric.startswith("ece") else "percentile"

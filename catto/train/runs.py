@@ -34,6 +34,19 @@ def latest_checkpoint(out_dir: str) -> str | None:
     return max(found, key=lambda p: int(p.rsplit("-", 1)[1])) if found else None
 
 
+def _pairs(argv: list[str]) -> list[str]:
+    """`--key value` pairs of an argv as "key=value" strings (to say which ones differ)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i].startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out.append(f"{argv[i][2:]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i].lstrip("-"))
+            i += 1
+    return out
+
+
 def _read_json(path: str) -> dict:
     if not os.path.exists(path):
         return {}
@@ -41,16 +54,25 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def train_run(argv: list[str], out_dir: str) -> dict[str, Any]:
+def train_run(argv: list[str], out_dir: str, *, overwrite: bool = False) -> dict[str, Any]:
     """Train `catto train`'s arguments `argv` into `out_dir` (which `argv` must name as `--output_dir`), or reuse
-    the finished run there; resumes an interrupted one. Returns a summary: the first and last logged training
-    steps, the runtime and the arguments."""
+    the finished run there; resumes an interrupted one. A finished run made with other arguments is not reused: it is
+    an error naming what differs, or, with `overwrite`, trained again. Returns a summary: the first and last logged
+    training steps, the runtime and the arguments."""
+    from ..errors import ResumeMismatchError
     from .script import main, parse_args
 
-    if not finished_run(out_dir):
-        checkpoint = latest_checkpoint(out_dir)
-        resume = ["--resume_from_checkpoint", checkpoint] if checkpoint else []
-        script_args, training_args, model_args = parse_args(argv + resume)
+    recorded = _read_json(os.path.join(out_dir, RUN_RECORD)).get("argv")
+    retrain = finished_run(out_dir) and recorded is not None and recorded != argv
+    if retrain and not overwrite:
+        differ = sorted(set(_pairs(recorded)) ^ set(_pairs(argv)))
+        raise ResumeMismatchError(f"{out_dir} holds a run trained with other arguments ({', '.join(differ[:4])}). "
+                                  "Fix: use a new output folder, or overwrite it (catto demo --overwrite).")
+    if retrain or not finished_run(out_dir):
+        checkpoint = None if retrain else latest_checkpoint(out_dir)
+        extra = (["--resume_from_checkpoint", checkpoint] if checkpoint else []) + \
+            (["--overwrite_output_dir", "true"] if retrain else [])
+        script_args, training_args, model_args = parse_args(argv + extra)
         if os.path.abspath(training_args.output_dir) != os.path.abspath(out_dir):
             raise ValueError(f"train_run: argv trains into {training_args.output_dir}, not {out_dir}.")
         start = time.perf_counter()
@@ -61,7 +83,7 @@ def train_run(argv: list[str], out_dir: str) -> dict[str, Any]:
         for path in glob.glob(os.path.join(out_dir, "checkpoint-*")):
             shutil.rmtree(path, ignore_errors=True)  # the finished model is in out_dir; checkpoints only resume
         write_json_atomic(os.path.join(out_dir, RUN_RECORD), {"argv": argv, "seconds": seconds,
-                                                              "resumed": bool(resume)})
+                                                              "resumed": checkpoint is not None})
     history = _read_json(os.path.join(out_dir, "trainer_state.json"))["log_history"]
     record = _read_json(os.path.join(out_dir, RUN_RECORD)) or _read_json(os.path.join(out_dir, _OLD_RUN_RECORD))
     train_logs = [h for h in history if "loss" in h]
