@@ -1,4 +1,5 @@
 import glob
+import json
 import os
 
 import pytest
@@ -12,6 +13,10 @@ EXPECTED = {
     "zero3": ("DEEPSPEED", 8),
     "fsdp2": ("FSDP", 8),
     "multi_cpu": ("MULTI_GPU", 2),  # torchrun launcher; the processes run on CPU (see the file's comment)
+    # CPU rehearsals of the sharded launches (tests/test_sharded.py, tests/test_train_sharded.py)
+    "zero2_cpu": ("DEEPSPEED", 2),
+    "zero3_cpu": ("DEEPSPEED", 2),
+    "fsdp2_cpu": ("FSDP", 2),
 }
 
 
@@ -27,6 +32,18 @@ def test_config_loads_with_accelerates_own_loader(name):
     assert str(config.distributed_type).split(".")[-1] == distributed_type
     assert config.num_processes == processes and config.num_machines == 1
     if name.startswith("zero"):
-        assert config.deepspeed_config["zero_stage"] == int(name[-1])
-    if name == "fsdp2":
+        stage = int(name[4])
+        if "deepspeed_config_file" in config.deepspeed_config:  # zero3_cpu: the JSON next to it
+            with open(os.path.join(CONFIG_DIR, config.deepspeed_config["deepspeed_config_file"])) as f:
+                ds = json.load(f)
+            assert ds["zero_optimization"]["stage"] == stage
+            # Small models must be partitioned too: HF fills "auto" with 10 x hidden_size (DeepSpeed's default: 1e5).
+            assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == "auto"
+        else:
+            assert config.deepspeed_config["zero_stage"] == stage
+    if name.startswith("fsdp2"):
         assert config.fsdp_config["fsdp_version"] == 2
+    if name.endswith("_cpu"):
+        # torchrun starts the processes (use_cpu in the accelerate config would mean one process or mpirun); no
+        # mixed precision on CPU.
+        assert not config.use_cpu and config.mixed_precision in ("no", None)  # None: the DeepSpeed JSON decides

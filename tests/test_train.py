@@ -212,15 +212,16 @@ def test_mcqa_row_without_gold_is_named(workspace, tmp_path, capsys):
 
 
 def test_launch_line(workspace):
-    command = catto_train.build_launch_command(
+    command = catto_train.build_launch_command(  # use_cpu: false, or accelerate would drop DeepSpeed (checked)
         ["--config", str(workspace / "recipe.yaml"), "--accelerate_config", "zero3", "--num_processes", "4",
-         "--max_steps", "3"])
+         "--max_steps", "3", "--use_cpu", "false"])
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     config = command[command.index("--config_file") + 1]
     assert config.endswith(os.path.join("accelerate_configs", "zero3.yaml")) and os.path.isfile(config)
     assert command[command.index("--num_processes") + 1] == "4"
     tail = command[command.index("-m", 3):]
-    assert tail == ["-m", "catto.train", "--config", str(workspace / "recipe.yaml"), "--max_steps", "3"]
+    assert tail == ["-m", "catto.train", "--config", str(workspace / "recipe.yaml"), "--max_steps", "3", "--use_cpu",
+                    "false"]
     with pytest.raises(catto_train.RecipeError, match="neither a file nor one of catto's configs"):
         catto_train.build_launch_command(["--config", str(workspace / "recipe.yaml"), "--accelerate_config", "zero9"])
     with pytest.raises(catto_train.RecipeError, match="'max_stepz'"):  # checked before anything is launched

@@ -7,6 +7,8 @@ live-calibration callback and the `catto train` script.
 - `catto.train.callbacks`: `CalibrationEvalCallback` (eval_calibration/* curves while training).
 - `catto.train.script`: the recipe-driven training job (`python -m catto.train --config recipe.yaml`).
 - `catto.train.checks`: what is checked before any model loads (model, data, output folder, resume checkpoint).
+- `catto.train.distributed`: DeepSpeed / FSDP2 launches rehearsed on CPU processes, and checks that the engine a
+  launch asked for is the one it got.
 - `catto.train.launcher`: `catto train`, the `accelerate launch` line around the script.
 - `catto.train.runs`: train a recipe once and reuse a finished run (the demo and the studies).
 

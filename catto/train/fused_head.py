@@ -26,6 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx
 
@@ -310,6 +311,22 @@ def _head_weight_and_bias(lm_head: torch.nn.Module):
     return weight, bias
 
 
+def unshard_fsdp_head(model: torch.nn.Module) -> None:
+    """FSDP2: gather an LM head that is an FSDP unit of its own through that unit, before the fused pass reads it.
+
+    The fused pass reads `lm_head.weight` without calling `lm_head`, so a head that is its own FSDP unit (not in the
+    unit whose forward is running) is never unsharded by a pre-forward hook and its weight is the sharded DTensor.
+    `DTensor.full_tensor()` (TRL 1.16's gather) then has a backward that gives each rank the slice of its *own*
+    gradient: no reduce-scatter, no average over ranks, so every rank's head shard learns from its own micro-batch
+    only. `unshard()` gathers through FSDP instead: the weight is the unsharded parameter and FSDP's post-backward
+    (run for every unit at the end of backward) reduce-scatters and averages its gradient like any other. A no-op
+    when the head shares the running unit (accelerate's default wrap) or FSDP is not used. See docs/upstream.md.
+    """
+    head = model.get_output_embeddings()
+    if isinstance(head, FSDPModule):
+        head.unshard()
+
+
 def add_catto_head(
     model: torch.nn.Module,
     outputs: tuple[str, ...] = ("log_probs", "entropy", "mean_logits", "is_top1"),
@@ -354,6 +371,8 @@ def add_catto_head(
 
     @functools.wraps(type(model).forward)
     def forward(self, *args, catto_stats=None, **kwargs):
+        if kwargs.get("fused_lm_head"):
+            unshard_fsdp_head(self)  # also for TRL's own fused pass (catto_alpha=0), which has the same flaw
         if catto_stats is None:
             return trl_forward(*args, **kwargs)
         if catto_stats not in CATTO_STATS_MODES:

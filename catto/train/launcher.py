@@ -24,7 +24,8 @@ TRAIN_USAGE = """usage: catto train --config RECIPE.yaml [--accelerate_config NA
                    [--main_process_port P] [--gpu_ids IDS] [--any_recipe_key VALUE ...]
 
 Runs `accelerate launch [--config_file CONFIG] [--num_processes N] -m catto.train --config RECIPE.yaml ...`.
-NAME is one of catto's accelerate_configs ({names}).
+NAME is one of catto's accelerate_configs ({names}); the *_cpu ones rehearse a sharded launch on CPU processes
+(zero2_cpu, zero3_cpu: with use_cpu false; fsdp2_cpu: with use_cpu true; see docs/distributed.md).
 Flags after the recipe override its keys. Options of the training script:
 """
 
@@ -81,6 +82,7 @@ def build_launch_command(argv: list[str]) -> list[str]:
     without the model is checked first, here, in one process: the recipe and flags, the model's config and tokenizer,
     the output folder, the checkpoint to resume and its settings, and the data (every row validated)."""
     from .checks import preflight
+    from .distributed import accelerate_config_env, check_launch
     from .script import load_calibration_items, load_preference_data
 
     launch, script = split_launch_args(argv)
@@ -92,9 +94,28 @@ def build_launch_command(argv: list[str]) -> list[str]:
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if "--accelerate_config" in launch:
         i = launch.index("--accelerate_config")
-        command += ["--config_file", resolve_accelerate_config(launch[i + 1])]
+        path = resolve_accelerate_config(launch[i + 1])
+        config = read_accelerate_config(path)
+        check_launch(training_args, env={**os.environ, **accelerate_config_env(config)})  # the engine vs the recipe
+        command += ["--config_file", path]
+        # A DeepSpeed JSON named relative to the config (catto's zero3_cpu.yaml) is found next to it.
+        ds_file = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
+        beside = os.path.join(os.path.dirname(path), ds_file) if ds_file else None
+        if ds_file and not os.path.isabs(ds_file) and not os.path.isfile(ds_file) and os.path.isfile(beside):
+            command += ["--deepspeed_config_file", os.path.abspath(beside)]
         launch = launch[:i] + launch[i + 2:]
     return command + launch + ["-m", "catto.train", *script]
+
+
+def read_accelerate_config(path: str) -> dict:
+    """An accelerate config file as a dict (accelerate's own loader runs at launch)."""
+    import yaml
+
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise RecipeError(f"--accelerate_config {path}: not a YAML mapping. Fix: see accelerate_configs/.")
+    return config
 
 
 def launch(argv: list[str]) -> int:

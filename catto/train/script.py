@@ -307,6 +307,9 @@ def main(script_args, training_args, model_args) -> Any:
             batch_size=script_args.calibration_eval_batch_size, n_bins=script_args.calibration_eval_n_bins,
             binning=script_args.calibration_eval_binning,
         ).attach(trainer)
+    from .distributed import check_engine
+
+    trainer.accelerator.print(f"[catto train] {check_engine(trainer.accelerator)}")  # fails on a silent DDP fallback
     out = training_args.output_dir
     if trainer.accelerator.is_main_process:
         if script_args.overwrite_output_dir and resolve_resume(training_args) is None:
@@ -337,8 +340,15 @@ def _error(err: Exception) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Script entry point (`python -m catto.train` / `accelerate launch -m catto.train`)."""
+    from .distributed import check_launch, prepare_cpu_rehearsal
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Before any training argument: a DeepSpeed or FSDP2 rehearsal on CPU processes (catto.train.distributed).
+    if prepare_cpu_rehearsal() == "deepspeed" and not any(a.split("=")[0] == "--ddp_backend" for a in argv):
+        argv += ["--ddp_backend", "gloo"]  # with no named backend accelerate counts 1 process, DeepSpeed 2
     try:
         script_args, training_args, model_args = parse_args(argv)
+        check_launch(training_args)
     except (CattoError, ValueError) as err:  # ValueError: a TrainingArguments / DPOConfig field check
         _error(err)
         return 2

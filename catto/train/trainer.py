@@ -123,12 +123,13 @@ class CATTODPOTrainer(DPOTrainer):
             self._catto_mode = "detached"
         else:
             self._catto_mode = None
-        if self._catto_mode is not None:
-            outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
-            if self.use_weighting:
-                outputs += ("log_sum_sq_probs",)
-            policy = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-            add_catto_head(policy, outputs=outputs, token_chunk_size=args.catto_chunk_size)
+        # Also without statistics (mode None): the wrapper gathers an LM head that is an FSDP2 unit of its own before
+        # TRL's fused pass reads it (`fused_head.unshard_fsdp_head`), and otherwise passes TRL's calls through.
+        outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+        if self.use_weighting:
+            outputs += ("log_sum_sq_probs",)
+        policy = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        add_catto_head(policy, outputs=outputs, token_chunk_size=args.catto_chunk_size)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._catto_mode is None:
