@@ -161,6 +161,25 @@ def select_default(table: dict[str, dict], tolerance: float = 0.01) -> dict:
             "ood_mcqa_ece_vs_dpo": eligible[chosen]["ood_mcqa_ece15"] - ref["ood_mcqa_ece15"]}
 
 
+def apply_noise_rule(selection: dict, paired: dict) -> dict:
+    """Rule step 3 (see the module docstring): the chosen arm changes the defaults only if, on every seed, its
+    pooled-OOD token ECE is below DPO's beyond the paired interval and its pooled-OOD MCQA ECE is not above DPO's
+    beyond the interval. `paired` is `paired_differences`' output. Returns `selection` with the per-seed intervals
+    and the verdicts added (each condition apart, so a report can say which one failed)."""
+    chosen = selection.get("chosen")
+    if not chosen:
+        return selection
+    per_seed = {name: e["ood"] for name, e in paired.items() if name.startswith(f"{chosen}-s") and "ood" in e}
+    token_better = bool(per_seed) and all(e["token_ece"]["ci"][1] < 0 for e in per_seed.values())
+    mcqa_not_worse = bool(per_seed) and all(e["mcqa_ece15"]["ci"][0] <= 0 for e in per_seed.values())
+    return {**selection,
+            "per_seed_ood_token_ece_ci_vs_dpo": {n: e["token_ece"]["ci"] for n, e in per_seed.items()},
+            "per_seed_ood_mcqa_ece_ci_vs_dpo": {n: e["mcqa_ece15"]["ci"] for n, e in per_seed.items()},
+            "token_ece_below_dpo_every_seed": token_better, "mcqa_ece_not_above_dpo_every_seed": mcqa_not_worse,
+            "beyond_noise": token_better and mcqa_not_worse,
+            "changes_defaults": token_better and mcqa_not_worse and chosen != DEFAULT_ARM}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The study
 
@@ -366,21 +385,15 @@ def main(argv: list[str] | None = None) -> int:
             start, cpu_start = time.perf_counter(), time.process_time()
             mcqa_results[key], token_results[key] = evaluate_run(key, adapter, args, items, pairs, out)
             runs[key] = {"arm": arm, "seed": seed, "overrides": overrides, "train": train_info,
-                         "eval_seconds": time.perf_counter() - start, "eval_cpu_seconds": time.process_time() - cpu_start,
+                         "eval_seconds": time.perf_counter() - start,
+                         "eval_cpu_seconds": time.process_time() - cpu_start,
                          "metrics": run_metrics(mcqa_results[key], token_results[key], id_name, args.bootstrap)}
             write_json_atomic(out / "runs.partial.json", runs)
 
     table = table_over_seeds(runs, arms, id_name)
     selection = select_default(table) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
     paired = paired_differences(mcqa_results, token_results, id_name, args.bootstrap)
-    if selection.get("chosen"):
-        chosen = selection["chosen"]
-        per_seed = {name: e["ood"] for name, e in paired.items() if name.startswith(f"{chosen}-s") and "ood" in e}
-        selection["per_seed_ood_token_ece_ci_vs_dpo"] = {n: e["token_ece"]["ci"] for n, e in per_seed.items()}
-        selection["per_seed_ood_mcqa_ece_ci_vs_dpo"] = {n: e["mcqa_ece15"]["ci"] for n, e in per_seed.items()}
-        selection["beyond_noise"] = bool(per_seed) and all(
-            e["token_ece"]["ci"][1] < 0 and e["mcqa_ece15"]["ci"][0] <= 0 for e in per_seed.values())
-        selection["changes_defaults"] = selection["beyond_noise"] and chosen != DEFAULT_ARM
+    selection = apply_noise_rule(selection, paired)
     payload = {
         "command": "python benchmarks/calibration_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model, "train_data": train_spec, "train_items": args.train_items, "steps": args.steps,
@@ -443,8 +456,8 @@ def summary_markdown(payload: dict) -> str:
             f"{f('id_mcqa_ece15')} | {f('ood_mcqa_accuracy')} | {f('ood_mcqa_ece15')} ({f('ood_mcqa_ece15_debiased')})"
             f" | {f('ood_mcqa_ece15_noise_floor')} |")
     lines += ["", "## Paired differences (same items / pairs; 95 % paired bootstrap)", "",
-              "| comparison | ID token ECE | ID token acc | OOD token ECE | OOD token acc | ID MCQA ECE | ID MCQA acc | "
-              "OOD MCQA ECE | OOD MCQA acc |", "|---|---|---|---|---|---|---|---|---|"]
+              "| comparison | ID token ECE | ID token acc | OOD token ECE | OOD token acc | ID MCQA ECE | "
+              "ID MCQA acc | OOD MCQA ECE | OOD MCQA acc |", "|---|---|---|---|---|---|---|---|---|"]
     for name, entry in p["paired_differences"].items():
         cells = []
         for group in ("id", "ood"):
