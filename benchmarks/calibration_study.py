@@ -139,26 +139,41 @@ def token_metrics_of(results, n_resamples: int, seed: int = 0) -> dict:
 # Selection
 
 
-def select_default(table: dict[str, dict], tolerance: float = 0.01) -> dict:
-    """Rule steps 1-2 (see the module docstring) on `{arm: row}` of means over seeds."""
-    if "dpo" not in table:
+def select_default(rows: dict[str, dict[int, dict]], tolerance: float = 0.01) -> dict:
+    """Rule steps 1-2 (see the module docstring) on `{arm: {seed: row}}` (`rows_by_seed`).
+
+    Each arm is compared with DPO on the seeds both were trained with: a screened arm has the first seed only, and
+    DPO's mean over three seeds is not its match (seed-to-seed spread is several points here). The choice among the
+    eligible arms is made on the seeds they all share, for the same reason."""
+    if "dpo" not in rows:
         return {"chosen": None, "reason": "no dpo arm to compare with"}
-    ref = table["dpo"]
+    dpo = rows["dpo"]
     accuracy_keys = ("id_mcqa_accuracy", "ood_mcqa_accuracy", "id_token_accuracy", "ood_token_accuracy")
-    eligible, costs = {}, {}
-    for arm, row in table.items():
+
+    def vs_dpo(arm: str, key: str, seeds: list[int]) -> float:
+        return float(np.mean([rows[arm][s][key] - dpo[s][key] for s in seeds]))
+
+    eligible, costs, seeds_of = [], {}, {}
+    for arm in rows:
         if not arm.startswith("catto"):
             continue
-        costs[arm] = {k: ref[k] - row[k] for k in accuracy_keys}
+        seeds_of[arm] = sorted(set(rows[arm]) & set(dpo))
+        if not seeds_of[arm]:
+            costs[arm] = {"reason": "no DPO run with its seeds"}
+            continue
+        costs[arm] = {k: -vs_dpo(arm, k, seeds_of[arm]) for k in accuracy_keys}
         if all(cost <= tolerance for cost in costs[arm].values()):
-            eligible[arm] = row
+            eligible.append(arm)
     if not eligible:
-        return {"chosen": None, "accuracy_cost_vs_dpo": costs,
+        return {"chosen": None, "accuracy_cost_vs_dpo": costs, "compared_on_seeds": seeds_of,
                 "reason": f"no CATTO arm within {tolerance:.2f} of DPO's MCQA and token accuracy (ID and OOD)"}
-    chosen = min(eligible, key=lambda arm: eligible[arm]["ood_token_ece"])
+    choice_seeds = sorted(set.intersection(*(set(seeds_of[a]) for a in eligible)))
+    chosen = min(eligible, key=lambda arm: vs_dpo(arm, "ood_token_ece", choice_seeds))
     return {"chosen": chosen, "eligible": sorted(eligible), "tolerance": tolerance, "accuracy_cost_vs_dpo": costs,
-            "ood_token_ece_vs_dpo": eligible[chosen]["ood_token_ece"] - ref["ood_token_ece"],
-            "ood_mcqa_ece_vs_dpo": eligible[chosen]["ood_mcqa_ece15"] - ref["ood_mcqa_ece15"]}
+            "compared_on_seeds": seeds_of, "choice_seeds": choice_seeds,
+            "ood_token_ece_vs_dpo_on_choice_seeds": {a: vs_dpo(a, "ood_token_ece", choice_seeds) for a in eligible},
+            "ood_token_ece_vs_dpo": vs_dpo(chosen, "ood_token_ece", seeds_of[chosen]),
+            "ood_mcqa_ece_vs_dpo": vs_dpo(chosen, "ood_mcqa_ece15", seeds_of[chosen])}
 
 
 def apply_noise_rule(selection: dict, paired: dict) -> dict:
@@ -169,7 +184,8 @@ def apply_noise_rule(selection: dict, paired: dict) -> dict:
     chosen = selection.get("chosen")
     if not chosen:
         return selection
-    per_seed = {name: e["ood"] for name, e in paired.items() if name.startswith(f"{chosen}-s") and "ood" in e}
+    per_seed = {name: e["ood"] for name, e in paired.items()
+                if name.startswith(f"{chosen}-s") and " vs dpo-s" in name and "ood" in e}
     token_better = bool(per_seed) and all(e["token_ece"]["ci"][1] < 0 for e in per_seed.values())
     mcqa_not_worse = bool(per_seed) and all(e["mcqa_ece15"]["ci"][0] <= 0 for e in per_seed.values())
     return {**selection,
@@ -238,9 +254,24 @@ def run_metrics(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dic
     return {"per_set": per_set, "pooled_ood": pooled}
 
 
+def comparisons(keys: list[str]) -> list[tuple[str, str]]:
+    """`(run, reference)` pairs: DPO vs base; every other arm vs DPO of the same seed; and every CATTO arm vs the
+    paper's DPO + BCE baseline of the same seed, where that run exists."""
+    pairs = []
+    for key in keys:
+        arm, seed = key.rsplit("-s", 1)
+        if arm == "base":
+            continue
+        refs = ["base-s0"] if arm == "dpo" else [f"dpo-s{seed}"]
+        if arm.startswith("catto"):
+            refs.append(f"dpo_bce-s{seed}")
+        pairs += [(key, ref) for ref in refs if ref in keys]
+    return pairs
+
+
 def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dict:
-    """Each run vs DPO of the same seed, and DPO vs base, on the same items/pairs: ID and pooled OOD, paired
-    bootstrap (MCQA: items; token: pairs)."""
+    """Each pair of `comparisons` on the same items/pairs: ID and pooled OOD, paired bootstrap (MCQA: items; token:
+    pairs)."""
     from catto.eval.token import paired_token_difference
 
     ece15 = functools.partial(ece, n_bins=N_BINS)
@@ -256,11 +287,7 @@ def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int)
         return [r for n in names for r in _prefixed(tokens[key][n], n)]
 
     out = {}
-    for key in mcqa:
-        arm, seed = key.rsplit("-s", 1)
-        ref = "base-s0" if arm == "dpo" else f"dpo-s{seed}"
-        if arm == "base" or ref not in mcqa:
-            continue
+    for key, ref in comparisons(list(mcqa)):
         names = list(mcqa[key])
         groups = {"id": [id_name], "ood": [n for n in names if n != id_name]}
         entry = {}
@@ -280,40 +307,43 @@ def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int)
     return out
 
 
+TABLE_FIELDS = {
+    "mcqa_accuracy": ("mcqa", "accuracy", "value"), "mcqa_ece15": ("mcqa", "ece15", "value"),
+    "mcqa_ece15_debiased": ("mcqa", "ece15", "debiased"), "mcqa_confidence": ("mcqa", "mean_confidence", None),
+    "token_accuracy": ("token", "accuracy", "value"), "token_confidence": ("token", "confidence", "value"),
+    "token_ece": ("token", "ece", "value"), "token_ece_debiased": ("token", "ece", "debiased"),
+    "token_ece_mass": ("token", "ece_equal_mass", "value"),
+    "token_ece_noise_floor": ("token", "ece", "noise_floor"),
+    "mcqa_ece15_noise_floor": ("mcqa", "ece15", "noise_floor"),
+}
+
+
+def run_row(run: dict, id_name: str) -> dict:
+    """One run's ID and pooled-OOD numbers the rule and the README use, as `{"id_token_ece": ..., ...}`."""
+    row = {}
+    metrics = run["metrics"]
+    for name, (kind, metric, sub) in TABLE_FIELDS.items():
+        for scope, block in (("id", metrics["per_set"].get(id_name)), ("ood", metrics["pooled_ood"])):
+            if block:
+                node = block[kind] if kind == "mcqa" else block[kind]["chosen"]
+                row[f"{scope}_{name}"] = float(node[metric] if sub is None else node[metric][sub])
+    return row
+
+
+def rows_by_seed(runs: dict, arms: list[str], id_name: str) -> dict[str, dict[int, dict]]:
+    """`{arm: {seed: run_row}}`: what `select_default` compares."""
+    return {arm: {r["seed"]: run_row(r, id_name) for r in runs.values() if r["arm"] == arm}
+            for arm in arms if any(r["arm"] == arm for r in runs.values())}
+
+
 def table_over_seeds(runs: dict, arms: list[str], id_name: str) -> dict:
-    """Per arm: means (and sd) over seeds of the ID and pooled-OOD numbers the rule and the README use."""
-    fields = {
-        "mcqa_accuracy": ("mcqa", "accuracy", "value"), "mcqa_ece15": ("mcqa", "ece15", "value"),
-        "mcqa_ece15_debiased": ("mcqa", "ece15", "debiased"), "mcqa_confidence": ("mcqa", "mean_confidence", None),
-        "token_accuracy": ("token", "accuracy", "value"), "token_confidence": ("token", "confidence", "value"),
-        "token_ece": ("token", "ece", "value"), "token_ece_debiased": ("token", "ece", "debiased"),
-        "token_ece_mass": ("token", "ece_equal_mass", "value"),
-        "token_ece_noise_floor": ("token", "ece", "noise_floor"),
-        "mcqa_ece15_noise_floor": ("mcqa", "ece15", "noise_floor"),
-    }
-
-    def get(block: dict, kind: str, path: tuple) -> float:
-        _, metric, sub = path
-        node = block[kind] if kind == "mcqa" else block[kind]["chosen"]
-        return float(node[metric] if sub is None else node[metric][sub])
-
+    """Per arm: means (and sd) over seeds of `run_row`'s numbers."""
     table = {}
-    for arm in arms:
-        keys = [k for k, r in runs.items() if r["arm"] == arm]
-        if not keys:
-            continue
-        row = {"seeds": [runs[k]["seed"] for k in keys]}
-        for name, path in fields.items():
-            for scope in ("id", "ood"):
-                vals = []
-                for k in keys:
-                    m = runs[k]["metrics"]
-                    block = m["per_set"][id_name] if scope == "id" else m["pooled_ood"]
-                    if block:
-                        vals.append(get(block, path[0], path))
-                if vals:
-                    row[f"{scope}_{name}"] = float(np.mean(vals))
-                    row[f"{scope}_{name}_sd"] = float(np.std(vals))
+    for arm, by_seed in rows_by_seed(runs, arms, id_name).items():
+        row = {"seeds": sorted(by_seed)}
+        for field in next(iter(by_seed.values())):
+            vals = [r[field] for r in by_seed.values() if field in r]
+            row[field], row[f"{field}_sd"] = float(np.mean(vals)), float(np.std(vals))
         table[arm] = row
     return table
 
@@ -391,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(out / "runs.partial.json", runs)
 
     table = table_over_seeds(runs, arms, id_name)
-    selection = select_default(table) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
+    selection = (select_default(rows_by_seed(runs, arms, id_name)) if len(items) > 1
+                 else {"chosen": None, "reason": "no OOD sets"})
     paired = paired_differences(mcqa_results, token_results, id_name, args.bootstrap)
     selection = apply_noise_rule(selection, paired)
     payload = {
@@ -426,6 +457,30 @@ def _ci(e: dict, signed: bool = False) -> str:
     if e.get("ci"):
         text += " [" + fmt.format(e["ci"][0]) + ", " + fmt.format(e["ci"][1]) + "]"
     return text
+
+
+def selection_lines(sel: dict) -> list[str]:
+    """The rule's verdict in words (the JSON below it has every number)."""
+    if not sel.get("chosen"):
+        return [f"- No arm chosen: {sel.get('reason', '')}."]
+
+    def yes(flag):
+        return "yes" if flag else "**no**"
+
+    lines = [f"- Eligible (accuracy within {sel['tolerance']:.2f} of DPO on the same seeds): "
+             f"{', '.join(sel['eligible'])}; chosen on seeds {sel['choice_seeds']}: **{sel['chosen']}** "
+             f"(pooled-OOD token ECE vs DPO {sel['ood_token_ece_vs_dpo']:+.3f} over its seeds)."]
+    if "beyond_noise" in sel:
+        token = "; ".join(f"{k.split(' vs ')[0]} [{a:+.3f}, {b:+.3f}]"
+                          for k, (a, b) in sel["per_seed_ood_token_ece_ci_vs_dpo"].items())
+        mcqa = "; ".join(f"{k.split(' vs ')[0]} [{a:+.3f}, {b:+.3f}]"
+                         for k, (a, b) in sel["per_seed_ood_mcqa_ece_ci_vs_dpo"].items())
+        lines += [f"- Pooled-OOD token ECE below DPO beyond the paired interval on every seed: "
+                  f"{yes(sel['token_ece_below_dpo_every_seed'])} ({token}).",
+                  f"- Pooled-OOD MCQA ECE not above DPO beyond the interval on every seed: "
+                  f"{yes(sel['mcqa_ece_not_above_dpo_every_seed'])} ({mcqa}).",
+                  f"- Defaults: {'change to ' + sel['chosen'] if sel['changes_defaults'] else 'unchanged'}."]
+    return lines
 
 
 def summary_markdown(payload: dict) -> str:
@@ -487,6 +542,7 @@ def summary_markdown(payload: dict) -> str:
     import json
 
     lines += ["", "## Selection", "", "Rule: see the docstring of benchmarks/calibration_study.py.", "",
+              *selection_lines(p["selection"]), "",
               f"```json\n{json.dumps(p['selection'], indent=1)}\n```", ""]
     return "\n".join(lines)
 
