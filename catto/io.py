@@ -17,6 +17,15 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 
+def _default_mode(kind_bits: int) -> int:
+    """`kind_bits` (0o666 for files, 0o777 for folders) less the process umask: the mode `open()` / `os.makedirs`
+    would have given. `tempfile` creates private (0o600 / 0o700) names, which would otherwise become the final
+    files and hide results and checkpoints from the rest of a team on a shared machine."""
+    mask = os.umask(0o022)  # reading the umask means setting it; restored at once
+    os.umask(mask)
+    return kind_bits & ~mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """Open a temporary file next to `path`; on a clean exit it replaces `path`, on an error it is removed.
@@ -34,6 +43,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
+        # keep the mode of the file being replaced, else what a plain open() would give
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else _default_mode(0o666))
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
@@ -66,6 +77,7 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(path)}-")
     try:
+        os.chmod(tmp, _default_mode(0o777))
         yield tmp
         if os.path.exists(path):
             if not replace:
