@@ -272,7 +272,8 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
                                                          n_bins=args.n_bins, title=f"{name}: MCQA (cloze)")
             token = {label: token_curves(res)["chosen"] for label, res in tokens[name].items()}
             plots[f"{name}/token"] = reliability_diagrams(token, os.path.join(out, f"token_reliability_{name}.png"),
-                                                          n_bins=args.n_bins, title=f"{name}: held-out answer tokens")
+                                                          n_bins=args.n_bins, title=f"{name}: held-out answer tokens",
+                                                          unit="tokens")
     else:
         plots["skipped"] = "matplotlib not installed (pip install 'catto[plots]')"
     payload = {

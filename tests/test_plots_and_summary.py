@@ -104,3 +104,22 @@ def test_a_confidence_other_than_the_max_probability_is_the_one_scored():
     verbalised = [ItemResult(r.id, r.option_probs, r.prediction, 0.9, r.gold, r.correct) for r in results]
     summary = summarize_results(verbalised, n_bins=10, n_resamples=0)
     assert summary["ece"]["value"] == pytest.approx(ece([0.9] * 60, [r.correct for r in results], n_bins=10))
+
+
+@pytest.mark.parametrize("unit", ["items", "tokens"])
+def test_reliability_histograms_name_what_they_count(tmp_path, monkeypatch, unit):
+    pytest.importorskip("matplotlib")
+    from catto.eval import plots
+
+    figures = []
+
+    def keep(fig, plt, path):
+        figures.append(fig)
+        return str(path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    curves = {"dpo": ([0.9, 0.8, 0.6], [1, 0, 1]), "catto": ([0.7, 0.6, 0.6], [1, 0, 1])}
+    plots.reliability_diagrams(curves, tmp_path / "r.png", n_bins=5, unit=unit)
+    plots.reliability_diagram(*curves["dpo"], tmp_path / "one.png", n_bins=5, unit=unit)
+    labels = [ax.get_ylabel() for fig in figures for ax in fig.axes]
+    assert labels.count(unit) == 3 and labels.count("accuracy") == 3  # 2 panels + 1, each with its histogram

@@ -23,9 +23,10 @@ def _pyplot():
 
 
 def reliability_diagram(confidence: Sequence[float], correct: Sequence[bool], path: str | os.PathLike, *,
-                        n_bins: int = 15, binning: str = "equal_width", title: str = "") -> str:
-    """Accuracy vs confidence per bin, with gap bars to the diagonal and a bin-count histogram below; the ECE
-    (same bins) is in the title. Returns the path written.
+                        n_bins: int = 15, binning: str = "equal_width", title: str = "", unit: str = "items") -> str:
+    """Accuracy vs confidence per bin, with gap bars to the diagonal and a bin-count histogram below (counting
+    `unit`: "items", or "tokens" for token calibration); the ECE (same bins) is in the title. Returns the path
+    written.
 
     Example:
         >>> import tempfile, os
@@ -35,12 +36,13 @@ def reliability_diagram(confidence: Sequence[float], correct: Sequence[bool], pa
     """
     plt = _pyplot()
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    _draw_reliability(ax, hist, confidence, correct, n_bins=n_bins, binning=binning, title=title)
+    _draw_reliability(ax, hist, confidence, correct, n_bins=n_bins, binning=binning, title=title, unit=unit)
     fig.tight_layout()
     return _save(fig, plt, path)
 
 
-def _draw_reliability(ax, hist, confidence, correct, *, n_bins: int, binning: str, title: str) -> None:
+def _draw_reliability(ax, hist, confidence, correct, *, n_bins: int, binning: str, title: str,
+                      unit: str = "items") -> None:
     bins = reliability_bins(confidence, correct, n_bins=n_bins, binning=binning)
     value = ece(confidence, correct, n_bins=n_bins, binning=binning)
     lo, hi = bins.edges[:-1], bins.edges[1:]
@@ -61,13 +63,14 @@ def _draw_reliability(ax, hist, confidence, correct, *, n_bins: int, binning: st
     hist.bar(centers, bins.count, width=widths, color="tab:gray", edgecolor="black", lw=0.5)
     hist.set_xlim(0, 1)
     hist.set_xlabel("confidence")
-    hist.set_ylabel("items")
+    hist.set_ylabel(unit)
 
 
 def reliability_diagrams(curves: Mapping[str, tuple[Sequence[float], Sequence[bool]]], path: str | os.PathLike, *,
-                         n_bins: int = 15, binning: str = "equal_width", title: str = "") -> str:
+                         n_bins: int = 15, binning: str = "equal_width", title: str = "", unit: str = "items") -> str:
     """Reliability diagrams side by side, one panel per `{label: (confidence, correct)}` (same bins, same axes), in
-    one PNG: the figure for comparing methods or models on the same items. Returns the path written.
+    one PNG: the figure for comparing methods or models on the same items. `unit` names what the histograms count
+    ("items", or "tokens"). Returns the path written.
 
     Example:
         >>> import tempfile, os
@@ -82,7 +85,8 @@ def reliability_diagrams(curves: Mapping[str, tuple[Sequence[float], Sequence[bo
     fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 5.6), sharex=True, squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1]})
     for i, (label, (confidence, correct)) in enumerate(curves.items()):
-        _draw_reliability(axes[0, i], axes[1, i], confidence, correct, n_bins=n_bins, binning=binning, title=label)
+        _draw_reliability(axes[0, i], axes[1, i], confidence, correct, n_bins=n_bins, binning=binning, title=label,
+                          unit=unit)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -127,7 +131,8 @@ SELECTOR_LABELS = {"greedy": "greedy", "majority": "majority@k", "best_logprob":
 
 def accuracy_vs_k_plot(curves: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | os.PathLike, *,
                        title: str = "") -> str:
-    """One line per selector: accuracy against k (log2 axis), from `catto.methods.confidence_at_k.accuracy_vs_k`'s output
+    """One line per selector: accuracy against k (log2 axis), from
+    `catto.methods.confidence_at_k.accuracy_vs_k`'s output
     `{selector: {k: {"accuracy": ...}}}`. Returns the path written.
 
     Example:

@@ -105,5 +105,6 @@ class TokenCalibration(Evaluator):
         from ..eval.plots import reliability_diagrams
 
         path = reliability_diagrams(token_curves(records), os.path.join(folder, "token_reliability.png"),
-                                    n_bins=self.metric_options["n_bins"], title=f"{title} · held-out tokens")
+                                    n_bins=self.metric_options["n_bins"], title=f"{title} · held-out tokens",
+                                    unit="tokens")
         return {"token_reliability": path}
