@@ -272,6 +272,8 @@ def no_launch(monkeypatch):
     (["--dataset_streaming", "true"], ["dataset_streaming"]),
     (["--resume_from_checkpoint", "/no/such/checkpoint-3"], ["/no/such/checkpoint-3", "no such folder"]),
     (["--resume_from_checkpoint", "true"], ["resume_from_checkpoint: true", "no checkpoint-N"]),
+    (["--use_peft", "true", "--lora_target_modules", "q_proj", "lm_head"],
+     ["lora_target_modules", "'lm_head'", "never train", "lora_modules_to_save"]),
 ])
 def test_train_flags(ws, capsys, tmp_path, no_launch, flags, needles):
     _refused(capsys, _train(ws, tmp_path / "run", *flags), *needles)

@@ -22,7 +22,8 @@ def build(trainer_cls, tmp_path, tokenizer, *, peft=False, dataset=None, eval_da
     args = config_cls(output_dir=str(tmp_path / trainer_cls.__name__), **{**COMMON, **overrides})
     kwargs = {}
     if peft:
-        kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+        kwargs["peft_config"] = peft if isinstance(peft, LoraConfig) else LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     else:
         kwargs["ref_model"] = copy.deepcopy(model)
     return trainer_cls(model=model, args=args, train_dataset=dataset or preference_dataset(16),
@@ -125,6 +126,38 @@ def test_lora_term_comes_from_the_policy_pass(tmp_path, tokenizer):
     assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable)
 
 
+def test_an_adapter_on_the_lm_head_is_refused(tmp_path, tokenizer):
+    # The fused pass reads lm_head.weight and would skip a LoRA delta on the head; TRL 1.16 refuses it, and catto
+    # relies on that (`catto train` refuses it before loading the model: tests/test_bad_input.py).
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], lora_dropout=0.0)
+    with pytest.raises(ValueError, match=r"adapter to `lm_head` is not supported"):
+        build(CATTODPOTrainer, tmp_path, tokenizer, peft=lora)
+
+
+def test_a_head_trained_through_modules_to_save_is_the_one_the_fused_pass_reads(tmp_path, tokenizer):
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"], lora_dropout=0.0)
+    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, peft=lora, catto_alpha=0.5)
+    model = trainer.model
+    head_copy = [p for n, p in model.named_parameters() if "modules_to_save" in n and p.requires_grad]
+    assert head_copy
+    with torch.no_grad():  # make the trainable head copy differ from the frozen original the reference uses
+        for p in head_copy:
+            p.add_(torch.randn_like(p))
+    batch = first_batch(trainer)
+    model.train()
+    loss = trainer.compute_loss(model, batch)
+    trainer.log({})
+    logged = trainer.state.log_history[-1]["catto/calibration_loss"]
+    with torch.no_grad():
+        policy_term = full_logits_term(model, batch)
+        with model.disable_adapter():
+            original_head_term = full_logits_term(model, batch)
+    assert abs(policy_term - original_head_term) > 1e-3
+    assert logged == pytest.approx(policy_term.item(), abs=1e-5)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head_copy)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("options", [
     dict(precompute_ref_log_probs=True),
@@ -204,7 +237,8 @@ def test_from_dpo_config_keeps_every_setting(tmp_path):
 
 def test_rejects_a_plain_dpo_config(tmp_path, tokenizer):
     with pytest.raises(TypeError, match="CATTOConfig"):
-        CATTODPOTrainer(model=make_model(), ref_model=make_model(), args=DPOConfig(output_dir=str(tmp_path), bf16=False),
+        CATTODPOTrainer(model=make_model(), ref_model=make_model(),
+                        args=DPOConfig(output_dir=str(tmp_path), bf16=False),
                         train_dataset=preference_dataset(4), processing_class=tokenizer)
 
 

@@ -33,6 +33,10 @@ DATA_FIELDS = ("dataset_name", "dataset_config", "dataset_train_split", "mcqa_da
                "mcqa_prompt_format", "mcqa_rejected", "mcqa_conversational", "mcqa_seed", "on_invalid")
 
 
+# Names of the output projection in transformers' causal LMs (lm_head; embed_out in GPT-NeoX).
+OUTPUT_HEAD_NAMES = ("lm_head", "embed_out")
+
+
 class RecipeError(ConfigError):
     """A recipe or command line that cannot be run as written; the message names the key and the fix."""
 
@@ -69,6 +73,15 @@ def check_model(model_args) -> None:
                               "(use_peft: true) and no quantization.")
         if not model_args.use_peft:
             raise RecipeError("A 4/8-bit model cannot be fully fine-tuned: set use_peft: true (QLoRA).")
+    targets = model_args.lora_target_modules or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    head = next((t for t in targets if t in OUTPUT_HEAD_NAMES), None)
+    if model_args.use_peft and head:
+        # TRL 1.16 refuses it too, but only after loading the model, and with a traceback.
+        raise RecipeError(f"lora_target_modules includes the LM head {head!r}: the fused LM-head pass (TRL's and "
+                          "catto's) reads its weight without calling it, so a LoRA adapter on it would never train. "
+                          f"Fix: drop {head!r} from lora_target_modules, or train the head itself with "
+                          f"lora_modules_to_save: [{head}].")
 
 
 # ----------------------------------------------------------------------------------------------------------------
