@@ -1,4 +1,4 @@
-"""`catto demo`: DPO vs CATTO on a real pretrained model and real MCQA data, on CPU, in about 15 minutes.
+"""`catto demo`: DPO vs CATTO on a real pretrained model and real MCQA data, on CPU, in about 20 minutes.
 
 The whole story in one command:
 
