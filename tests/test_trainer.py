@@ -103,14 +103,10 @@ def test_total_minus_dpo_is_alpha_times_term(tmp_path, tokenizer, confidence, ma
         assert diff.abs().sum() > 0, f"the calibration term sends no gradient to {name}"
 
 
-def test_lora_term_comes_from_the_policy_pass(tmp_path, tokenizer):
-    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, peft=True, catto_alpha=0.5)
-    model = trainer.model
-    with torch.no_grad():  # LoRA starts as a no-op (B = 0): give the adapter an effect so policy != reference
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    batch = first_batch(trainer)
+def assert_term_is_the_policy_pass(trainer):
+    """On a PEFT trainer whose adapters change the model: the logged term is the full-logits term of the adapted
+    policy, not of the model with adapters disabled (the reference). Returns the loss, for a backward."""
+    model, batch = trainer.model, first_batch(trainer)
     model.train()
     loss = trainer.compute_loss(model, batch)
     trainer.log({})
@@ -121,7 +117,17 @@ def test_lora_term_comes_from_the_policy_pass(tmp_path, tokenizer):
             reference_term_value = full_logits_term(model, batch)
     assert abs(policy_term - reference_term_value) > 1e-3
     assert logged == pytest.approx(policy_term.item(), abs=1e-5)
-    loss.backward()
+    return loss
+
+
+def test_lora_term_comes_from_the_policy_pass(tmp_path, tokenizer):
+    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, peft=True, catto_alpha=0.5)
+    model = trainer.model
+    with torch.no_grad():  # LoRA starts as a no-op (B = 0): give the adapter an effect so policy != reference
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    assert_term_is_the_policy_pass(trainer).backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable)
 
@@ -143,18 +149,7 @@ def test_a_head_trained_through_modules_to_save_is_the_one_the_fused_pass_reads(
     with torch.no_grad():  # make the trainable head copy differ from the frozen original the reference uses
         for p in head_copy:
             p.add_(torch.randn_like(p))
-    batch = first_batch(trainer)
-    model.train()
-    loss = trainer.compute_loss(model, batch)
-    trainer.log({})
-    logged = trainer.state.log_history[-1]["catto/calibration_loss"]
-    with torch.no_grad():
-        policy_term = full_logits_term(model, batch)
-        with model.disable_adapter():
-            original_head_term = full_logits_term(model, batch)
-    assert abs(policy_term - original_head_term) > 1e-3
-    assert logged == pytest.approx(policy_term.item(), abs=1e-5)
-    loss.backward()
+    assert_term_is_the_policy_pass(trainer).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head_copy)
 
 
