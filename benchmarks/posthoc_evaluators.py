@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from catto.data import load_mcqa  # noqa: E402
 from catto.eval.aggregate import summarize_results  # noqa: E402
-from catto.eval.modeling import load_model_and_tokenizer  # noqa: E402
+from catto.core.modeling import load_model_and_tokenizer  # noqa: E402
 from catto.io import write_json_atomic  # noqa: E402
 from catto.methods.coral import CoralEvaluator  # noqa: E402
 from catto.methods.msp import MSPEvaluator  # noqa: E402

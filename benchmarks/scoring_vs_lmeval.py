@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from catto import __version__  # noqa: E402
 from catto.data import ClozeFormat, LetterFormat, load_mcqa  # noqa: E402
 from catto.eval.aggregate import summarize_results  # noqa: E402
-from catto.eval.modeling import gguf_to_hf_folder, load_model_and_tokenizer  # noqa: E402
+from catto.core.modeling import gguf_to_hf_folder, load_model_and_tokenizer  # noqa: E402
 from catto.eval.scoring import ScoringConfig, score_items  # noqa: E402
 from catto.io import write_json_atomic  # noqa: E402
 

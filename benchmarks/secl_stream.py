@@ -28,7 +28,7 @@ import time
 import torch
 
 from catto.data import load_mcqa
-from catto.eval.modeling import load_model_and_tokenizer
+from catto.core.modeling import load_model_and_tokenizer
 from catto.io import write_json_atomic
 from catto.methods.secl import SECLConfig, SECLEvaluator
 

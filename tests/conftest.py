@@ -18,10 +18,10 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def mcqa_model_dir(tmp_path_factory):
-    """A tiny random Llama + word-level tokenizer over `catto.synthetic.MCQA_VOCAB`, saved as a model folder (for the
+    """A tiny random Llama + word-level tokenizer over `catto.data.synthetic.MCQA_VOCAB`, saved as a model folder (for the
     code paths that load a model by path: catto eval, catto demo, catto train)."""
-    from catto.synthetic import MCQA_VOCAB, make_model
-    from catto.synthetic import make_tokenizer as make_mcqa_tokenizer
+    from catto.data.synthetic import MCQA_VOCAB, make_model
+    from catto.data.synthetic import make_tokenizer as make_mcqa_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-mcqa-model")
     make_model(vocab_size=len(MCQA_VOCAB)).save_pretrained(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from catto.data import MCQAItem
-from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+from catto.data.synthetic import MCQA_VOCAB, make_model, make_tokenizer
 
 
 def tiny_model_and_tokenizer(seed: int = 0):

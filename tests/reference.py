@@ -1,4 +1,4 @@
-"""An independent, full-logits implementation of the CATTO term, written without `catto.calibration`.
+"""An independent, full-logits implementation of the CATTO term, written without `catto.core.calibration`.
 
 It materialises the whole `(tokens, vocab)` softmax, which is exactly what the library avoids; tests compare the
 library's pure functions and its fused LM-head path against it.

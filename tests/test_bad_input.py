@@ -149,7 +149,7 @@ def test_eval_model_problems(ws, capsys, tmp_path):
 def test_eval_unwritable_out_fails_before_the_model(ws, capsys, tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    import catto.eval.modeling as modeling
+    import catto.core.modeling as modeling
 
     monkeypatch.setattr(modeling, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("model loaded"))
     _refused(capsys, [*_eval(ws)[:-6], "--out", str(blocker / "sub"), "--no-progress"], "is not writable",
@@ -400,7 +400,7 @@ def test_demo_flags(capsys, tmp_path, flags, needles):
 def test_python_api_errors_are_catto_errors_and_builtin_ones():
     from catto import CATTOConfig
     from catto.data import load_mcqa
-    from catto.eval.runner import EvalArguments
+    from catto.pipeline.runner import EvalArguments
     from catto.eval.token import TokenEvalConfig
     from catto.methods import load_evaluator
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from reference import reference_term
 
-from catto.train.calibration import (
+from catto.core.calibration import (
     best_wrong_log_prob,
     binned_calibration_counts,
     calibration_margin,

@@ -12,7 +12,7 @@ from catto.data import MCQAItem, mcqa_to_preference
 from catto.data.synthetic import synthetic_mcqa
 from catto.eval.aggregate import summarize_results
 from catto.eval.scoring import ScoringConfig, score_items
-from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+from catto.data.synthetic import MCQA_VOCAB, make_model, make_tokenizer
 from catto.train.callbacks import CalibrationEvalCallback
 
 

@@ -79,7 +79,7 @@ def test_eval_logs_metrics_and_diagrams_to_trackers(tmp_path, model_dir, data_fi
     """`report_to` goes through accelerate's tracking API: any tracker gets the flat metrics and the diagrams."""
     from accelerate.tracking import GeneralTracker
 
-    from catto.eval.runner import EvalArguments, run_eval
+    from catto.pipeline.runner import EvalArguments, run_eval
     from catto.methods.scoring import ScoringMethodConfig
 
     class Recorder(GeneralTracker):

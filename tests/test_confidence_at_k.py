@@ -20,7 +20,7 @@ from catto.methods.confidence_at_k import (
     select_by_score,
     select_majority,
 )
-from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+from catto.data.synthetic import MCQA_VOCAB, make_model, make_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------------
 # selection logic on simulated candidates (no model)

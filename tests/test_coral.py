@@ -99,7 +99,7 @@ def test_noise_claims_no_improvement():
 
 
 def test_noise_switches_steering_off_in_the_evaluator(monkeypatch):
-    import catto.evaluators.coral as coral
+    import catto.methods.coral as coral
 
     acts, probs, golds = _synthetic(200, signal=0.0, overconfident=False, seed=3)
     ev = CoralEvaluator(**SMALL, layers=[1, 2])

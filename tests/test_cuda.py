@@ -20,7 +20,8 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
 from catto import CATTOConfig, CATTODPOTrainer
-from catto.train.fused_head import _addmm_fp32, add_catto_head, chunked_calibration_stats
+from catto.core.fused_head import _addmm_fp32, chunked_calibration_stats
+from catto.train.fused_forward import add_catto_head
 
 pytestmark = pytest.mark.cuda
 

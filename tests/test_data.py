@@ -475,7 +475,7 @@ def test_pairs_pass_trl_dpo_dataset_preparation(tmp_path):
     """TRL's own DPOTrainer._prepare_dataset tokenizes the plain and the conversational pairs."""
     from trl import DPOConfig, DPOTrainer
 
-    from catto.synthetic import MCQA_VOCAB, make_tokenizer
+    from catto.data.synthetic import MCQA_VOCAB, make_tokenizer
 
     tok = make_tokenizer(MCQA_VOCAB)
     args = DPOConfig(output_dir=str(tmp_path), max_length=64, bf16=False, use_cpu=True, report_to=[])
@@ -515,7 +515,7 @@ def test_synthetic_mcqa_is_valid_deterministic_and_balanced(task):
 
 
 def test_synthetic_copy_task_fits_the_tiny_tokenizer():
-    from catto.synthetic import MCQA_VOCAB, make_tokenizer
+    from catto.data.synthetic import MCQA_VOCAB, make_tokenizer
 
     tok = make_tokenizer(MCQA_VOCAB)
     text = LetterFormat().prompt(synthetic_mcqa(1, n_choices=8)[0]) + " A"

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from catto import assets
+from catto.pipeline import assets
 from catto.cli import main
 from catto.errors import SetupError
 

@@ -12,13 +12,9 @@ from transformers import (
 )
 from trl.trainer.utils import add_fused_lm_head
 
-from catto.train.calibration import calibration_term
-from catto.train.fused_head import (
-    CATTOFusedCausalLMOutput,
-    add_catto_head,
-    chunked_calibration_stats,
-    logit_transform_from_config,
-)
+from catto.core.calibration import calibration_term
+from catto.core.fused_head import chunked_calibration_stats, logit_transform_from_config
+from catto.train.fused_forward import CATTOFusedCausalLMOutput, add_catto_head
 
 ALL_OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 

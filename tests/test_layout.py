@@ -1,5 +1,5 @@
-"""The package's shape: no library module imports the command layer, the import graph has no circles, importing the
-metrics does not load TRL or transformers, and the old flat import paths still work."""
+"""The package's shape: packages import only downward (the layering of docs/design.md), no private name crosses a
+package, the module graph has no circles, and importing the metrics does not load TRL or transformers."""
 
 from __future__ import annotations
 
@@ -51,10 +51,74 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_no_library_module_imports_the_command_layer():
-    offenders = {m: sorted(d for d in deps if d == "catto.cli" or d.startswith("catto.cli."))
-                 for m, deps in _graph().items() if not m.startswith("catto.cli")}
-    assert {m: d for m, d in offenders.items() if d} == {}
+# The package layering (docs/design.md, "Layout"): each package may import only the ones listed for it. "base" is the
+# top-level modules (errors, io, _logging, _lazy and the package's own __init__), which import no other catto module.
+ALLOWED = {
+    "base": set(),
+    "core": {"base"},
+    "data": {"base"},
+    "eval": {"base", "core", "data"},
+    "train": {"base", "core", "data", "eval"},
+    "methods": {"base", "core", "data", "eval"},
+    "pipeline": {"base", "core", "data", "eval", "train", "methods"},
+    "cli": {"base", "core", "data", "eval", "train", "methods", "pipeline"},
+}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in ALLOWED else "base"
+
+
+def _package_edges(graph: dict[str, set[str]]) -> dict[tuple[str, str], list[str]]:
+    edges: dict[tuple[str, str], list[str]] = {}
+    for module, deps in graph.items():
+        for dep in deps:
+            if _package(module) != _package(dep):
+                edges.setdefault((_package(module), _package(dep)), []).append(f"{module} -> {dep}")
+    return edges
+
+
+def test_every_package_is_in_the_layering():
+    on_disk = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert on_disk == set(ALLOWED) - {"base"}
+
+
+def test_packages_import_only_downward():
+    edges = _package_edges(_graph())
+    upward = {f"{a} -> {b}": sorted(found) for (a, b), found in edges.items() if b not in ALLOWED[a]}
+    assert upward == {}
+
+
+def test_allowed_package_graph_is_acyclic():
+    """The rule itself points one way: a topological order of ALLOWED exists."""
+    remaining = {k: set(v) for k, v in ALLOWED.items()}
+    order = []
+    while remaining:
+        ready = sorted(k for k, deps in remaining.items() if not deps - set(order))
+        assert ready, f"the layering has a circle among {sorted(remaining)}"
+        order += ready
+        for k in ready:
+            del remaining[k]
+
+
+def test_no_private_names_imported_across_packages():
+    """`from ..core.fused_head import _helper` in another package is refused: cross-package use goes through
+    public names."""
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        module = _module_name(path)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = package.split(".")
+            target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            if _package(target) == _package(module):
+                continue
+            offenders += [f"{module}: {target}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert offenders == []
 
 
 def test_import_graph_has_no_cycles():
@@ -78,38 +142,28 @@ def test_import_graph_has_no_cycles():
     assert cycles == []
 
 
-def test_graph_sees_real_edges():
-    """The checker is not vacuous: it finds the edges that must be there."""
+def test_checker_sees_real_edges_and_refuses_upward_ones():
+    """The checker is not vacuous: it finds edges that must be there, and an upward edge added to the real graph
+    is reported."""
     graph = _graph()
+    assert "catto.core.fused_head" in graph["catto.eval.token"]  # token calibration calls the kernel directly
     assert "catto.eval.scoring" in graph["catto.methods.base"]
-    assert "catto.train.fused_head" in graph["catto.eval.token"]  # token calibration reuses the trainer's kernel
-    assert "catto.eval.runner" in graph["catto.cli.eval"]
+    assert "catto.pipeline.runner" in graph["catto.cli.eval"]
+    edges = _package_edges({**graph, "catto.eval.token": graph["catto.eval.token"] | {"catto.train.trainer"}})
+    assert ("eval", "train") in edges and "train" not in ALLOWED["eval"]
 
 
 def test_importing_the_metrics_loads_neither_trl_nor_transformers():
-    code = ("import sys, catto.eval.metrics, catto.metrics, catto; "
+    code = ("import sys, catto.eval.metrics, catto; "
             "print(sorted(m for m in ('trl', 'transformers', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("old,new", [
-    ("catto.scoring", "catto.eval.scoring"), ("catto.metrics", "catto.eval.metrics"),
-    ("catto.evaluators", "catto.methods"), ("catto.evaluators.coral", "catto.methods.coral"),
-    ("catto.confidence_at_k", "catto.methods.confidence_at_k"), ("catto.fused_head", "catto.train.fused_head"),
-    ("catto.callbacks", "catto.train.callbacks"), ("catto.results", "catto.eval.results"),
-])
-def test_old_import_paths_are_the_same_modules(old, new):
-    import importlib
-
-    old_module, new_module = importlib.import_module(old), importlib.import_module(new)
-    assert old_module is new_module and new_module.__spec__.name == new
-
-
 def test_readme_imports_work():
     import trl
-    from catto.confidence_at_k import ConfidenceAtKConfig, confidence_at_k  # noqa: F401
-    from catto.evaluators import get_evaluator_class, load_evaluator  # noqa: F401
+    from catto.methods import get_method_class, load_evaluator  # noqa: F401
+    from catto.methods.confidence_at_k import ConfidenceAtKConfig, confidence_at_k  # noqa: F401
 
     from catto import CATTOConfig, CATTODPOTrainer  # noqa: F401
     from catto.train import CalibrationEvalCallback, CATTOScriptArguments  # noqa: F401

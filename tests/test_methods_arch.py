@@ -8,7 +8,7 @@ from test_secl import VOCAB, _items, _tokenizer
 
 from catto.eval.results import ItemResult
 from catto.methods import BUILTIN_METHODS, get_method_class, load_evaluator
-from catto.synthetic import make_model
+from catto.data.synthetic import make_model
 
 SMALL = {
     "scoring": {"scoring": "letter"},

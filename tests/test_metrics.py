@@ -1,4 +1,4 @@
-"""catto.metrics: hand-computed cases, cross-checks against torchmetrics / scikit-learn, bootstrap, bad inputs."""
+"""catto.eval.metrics: hand-computed cases, cross-checks against torchmetrics / scikit-learn, bootstrap, bad inputs."""
 
 import doctest
 import functools

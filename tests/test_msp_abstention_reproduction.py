@@ -3,7 +3,7 @@
 Protocol (``../shared/data/README.md``): per model and dataset the two phrasings are pooled and shuffled
 (``random.seed(2549900867)``; ``random.shuffle``), the first 20 questions label the threshold, the rest are the test
 set; one threshold per model maximises the dataset-averaged training score over the paper's grid
-(`catto.abstention.select_threshold`); reported is the dataset-averaged test score.
+(`catto.methods.abstention.select_threshold`); reported is the dataset-averaged test score.
 
 What reproduces and what does not (measured, not tuned):
 

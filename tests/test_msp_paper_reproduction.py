@@ -1,4 +1,4 @@
-"""Reproduce the MSP paper's published AUROC and calibration tables (arXiv 2402.13213 v2) with catto.metrics.
+"""Reproduce the MSP paper's published AUROC and calibration tables (arXiv 2402.13213 v2) with catto.eval.metrics.
 
 The per-question results and the paper's LaTeX tables live in ``../shared/data/msp_paper`` (see its README). The
 expected numbers are parsed from the ``.tex`` files, never copied by hand, and every published cell must equal our

@@ -8,7 +8,7 @@ import pytest
 from posthoc_common import save_tiny_model, write_dataset
 
 from catto.cli import main as catto_main
-from catto.eval.report import markdown_table
+from catto.pipeline.report import markdown_table
 
 
 def main(argv):

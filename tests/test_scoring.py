@@ -7,7 +7,7 @@ import torch
 from catto.data import ClozeFormat, LetterFormat, MCQAItem
 from catto.eval.results import ResultsFile
 from catto.eval.scoring import ScoringConfig, letter_token_ids, score_items
-from catto.synthetic import MCQA_VOCAB, WORDS, make_model, make_tokenizer
+from catto.data.synthetic import MCQA_VOCAB, WORDS, make_model, make_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from catto.methods.secl import (
     normalized_ptrue,
     soft_confidence,
 )
-from catto.synthetic import SPECIAL, WORDS, make_model
+from catto.data.synthetic import SPECIAL, WORDS, make_model
 
 KEYWORDS = ["Question", "Answer", "Confidence", "bin", "Proposed", "answer", "True", "False", "Is", "the", "correct"]
 VOCAB = SPECIAL + WORDS + list("ABCDEFGH") + list("0123456789") + [".", ":", "?", "'", "(", ")", "%", "-"] + KEYWORDS

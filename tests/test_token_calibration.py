@@ -1,4 +1,4 @@
-"""Held-out token calibration (`catto.token_calibration`) against a full-logits computation, TRL's tokenization and
+"""Held-out token calibration (`catto.eval.token`) against a full-logits computation, TRL's tokenization and
 the trainer's own logged metrics."""
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def test_bad_pairs():
 
 def test_summary_matches_pooled_metrics_and_trainer_bins():
     from catto.eval.metrics import ece
-    from catto.train.calibration import (
+    from catto.core.calibration import (
         binned_calibration_counts,
         ece_from_binned_counts,
     )

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from catto import train as catto_train
 from catto.cli import main as cli_main
 from catto.data.synthetic import synthetic_mcqa
-from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+from catto.data.synthetic import MCQA_VOCAB, make_model, make_tokenizer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": "",
        "TOKENIZERS_PARALLELISM": "false"}

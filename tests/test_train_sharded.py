@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from catto import train as catto_train
 from catto.train import distributed
-from catto.synthetic import make_model, make_tokenizer, preference_dataset
+from catto.data.synthetic import make_model, make_tokenizer, preference_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": "",

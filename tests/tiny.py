@@ -1,3 +1,3 @@
-"""Test-side name for `catto.synthetic` (tiny models, tokenizer and tasks built in code)."""
+"""Test-side name for `catto.data.synthetic` (tiny models, tokenizer and tasks built in code)."""
 
-from catto.synthetic import VOCAB, WORDS, make_model, make_tokenizer, preference_dataset  # noqa: F401
+from catto.data.synthetic import VOCAB, WORDS, make_model, make_tokenizer, preference_dataset  # noqa: F401

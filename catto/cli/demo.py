@@ -1,8 +1,8 @@
-"""`catto demo`: parse `DemoArguments`, run `catto.demo.run_demo`."""
+"""`catto demo`: parse `DemoArguments`, run `catto.pipeline.demo.run_demo`."""
 
 from __future__ import annotations
 
-from ..demo import DemoArguments
+from ..pipeline.demo import DemoArguments
 from .parsing import CattoArgumentParser
 
 
@@ -13,7 +13,7 @@ def build_parser() -> CattoArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from ..demo import run_demo
+    from ..pipeline.demo import run_demo
     from . import disable_progress_bars
 
     (args,) = build_parser().parse(argv)

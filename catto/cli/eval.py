@@ -1,4 +1,4 @@
-"""`catto eval --method NAME`: parse `EvalArguments` + the method's config dataclass, run `catto.eval.runner.run_eval`.
+"""`catto eval --method NAME`: parse `EvalArguments` + the method's config dataclass, run `catto.pipeline.runner.run_eval`.
 
 The method is read first (`--method`, default `scoring`) so that its config fields become flags (`catto eval
 --method coral --help` lists them). A field both share (`--seed`, `--batch-size`, ...) is one flag.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..eval.runner import EvalArguments
+from ..pipeline.runner import EvalArguments
 from .parsing import CattoArgumentParser
 
 
@@ -30,7 +30,7 @@ def read_method(argv: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from ..eval.runner import run_eval
+    from ..pipeline.runner import run_eval
     from . import disable_progress_bars
 
     method = read_method(argv)

@@ -1,9 +1,9 @@
-"""`catto report`: parse `EvalArguments` + `ReportArguments`, run `catto.eval.report.run_report`."""
+"""`catto report`: parse `EvalArguments` + `ReportArguments`, run `catto.pipeline.report.run_report`."""
 
 from __future__ import annotations
 
-from ..eval.report import ReportArguments
-from ..eval.runner import EvalArguments
+from ..pipeline.report import ReportArguments
+from ..pipeline.runner import EvalArguments
 from .parsing import CattoArgumentParser
 
 
@@ -14,7 +14,7 @@ def build_parser() -> CattoArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from ..eval.report import run_report
+    from ..pipeline.report import run_report
     from . import disable_progress_bars
 
     args, report = build_parser().parse(argv)

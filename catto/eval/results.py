@@ -71,7 +71,7 @@ class ResultsFile:
     Each batch is appended with one `write` and fsynced. A crash can only leave a torn *last* line; opening the
     file again drops it (rewriting the file atomically) so the items it held are simply scored again.
     `record_type` is any class with an `id`, `to_json()` and `from_dict(dict)` (e.g.
-    `catto.token_calibration.TokenPairResult`).
+    `catto.eval.token.TokenPairResult`).
     """
 
     def __init__(self, path: str | os.PathLike, record_type: type = ItemResult):

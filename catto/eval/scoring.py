@@ -339,7 +339,7 @@ def score_items(model, tokenizer, items: Sequence[MCQAItem], *, config: ScoringC
     re-run, skip the items it already holds (resume after an interruption).
 
     Example:
-        >>> from catto.synthetic import make_model, make_tokenizer
+        >>> from catto.data.synthetic import make_model, make_tokenizer
         >>> from catto.data import MCQAItem
         >>> items = [MCQAItem("q1", "w1 w2", ("w3", "w4"), gold=0)]
         >>> res = score_items(make_model(), make_tokenizer(), items, config=ScoringConfig("cloze"), progress=False)

@@ -13,12 +13,12 @@ and a debiased ECE (`catto.eval.metrics.ece_estimate`).
 The tokens are exactly those `trl.DPOTrainer` trains on: the pair is tokenized with TRL 1.16's rule (the EOS token
 appended to string completions, the chat template applied to conversational ones, the completion starting where
 the tokenized prompt and prompt + completion diverge), and truncated to `max_length` keeping the start. The
-statistics come from the trainer's own tiled LM-head pass (`catto.train.fused_head.chunked_calibration_stats`) over the
+statistics come from the trainer's own tiled LM-head pass (`catto.core.fused_head.chunked_calibration_stats`) over the
 response positions only, so no `(batch, seq, vocab)` logits are built and the numbers equal the trainer's
 `catto/confidence` and `catto/token_accuracy` for the same weights and tokens.
 
 Example:
-    >>> from catto.synthetic import make_model, make_tokenizer, preference_dataset
+    >>> from catto.data.synthetic import make_model, make_tokenizer, preference_dataset
     >>> pairs = preference_dataset(4, answer_len=2)
     >>> results = token_calibration(make_model(), make_tokenizer(), pairs, progress=False)
     >>> [len(r.chosen.confidence) for r in results]   # two answer words + the EOS TRL appends
@@ -185,8 +185,8 @@ def _score_batch(backbone, head, config, sequences: list[tuple[list[int], int]],
     """Per sequence `(tokens, confidence, correct, label_prob)` over the positions from `start` on."""
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-    from ..train.fused_head import (
-        _head_weight_and_bias,
+    from ..core.fused_head import (
+        head_weight_and_bias,
         chunked_calibration_stats,
         logit_transform_from_config,
     )
@@ -202,7 +202,7 @@ def _score_batch(backbone, head, config, sequences: list[tuple[list[int], int]],
     ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
     hidden = backbone(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
     mask = scored[:, 1:]  # hidden state t predicts token t + 1
-    weight, bias = _head_weight_and_bias(head)
+    weight, bias = head_weight_and_bias(head)
     logit_scale, softcap = logit_transform_from_config(config)
     targets = ids[:, 1:][mask]
     with maybe_gather_lm_head_ctx(weight, bias):

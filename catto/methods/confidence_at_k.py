@@ -37,7 +37,7 @@ How the numbers are made (every choice is in ``ConfidenceAtKConfig`` and written
   labelled items) rescales the ``letter`` confidences of models that are not calibrated.
 
 Example:
-    >>> from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+    >>> from catto.data.synthetic import MCQA_VOCAB, make_model, make_tokenizer
     >>> from catto.data import MCQAItem
     >>> model, tok = make_model(vocab_size=len(MCQA_VOCAB)), make_tokenizer(MCQA_VOCAB)
     >>> items = [MCQAItem("q1", "w1 w2 ?", ("w3", "w4"), gold=0)]

@@ -302,7 +302,7 @@ class CoralEvaluator(Evaluator):
     """CORAL probes: fit on labelled items of one dataset, steer the option probabilities of any dataset.
 
     Example:
-        >>> from catto.synthetic import make_model, make_tokenizer, MCQA_VOCAB
+        >>> from catto.data.synthetic import make_model, make_tokenizer, MCQA_VOCAB
         >>> from catto.data import MCQAItem
         >>> items = [MCQAItem(f"q{i}", f"w{i} w2", ("w3", "w4", f"w{i + 5}"), gold=i % 3) for i in range(12)]
         >>> model, tok = make_model(vocab_size=len(MCQA_VOCAB)), make_tokenizer(MCQA_VOCAB)

@@ -131,7 +131,7 @@ class MSPEvaluator(Evaluator):
     """Max softmax probability with an abstention threshold fitted on a few labelled items.
 
     Example:
-        >>> from catto.synthetic import make_model, make_tokenizer, MCQA_VOCAB
+        >>> from catto.data.synthetic import make_model, make_tokenizer, MCQA_VOCAB
         >>> from catto.data import MCQAItem
         >>> items = [MCQAItem(f"q{i}", "w1 w2", ("w3", "w4"), gold=i % 2) for i in range(8)]
         >>> model, tok = make_model(vocab_size=len(MCQA_VOCAB)), make_tokenizer(MCQA_VOCAB)

@@ -2,7 +2,7 @@
 is compared with, and `catto eval`'s default method.
 
 Example:
-    >>> from catto.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+    >>> from catto.data.synthetic import MCQA_VOCAB, make_model, make_tokenizer
     >>> from catto.data import MCQAItem
     >>> model, tok = make_model(vocab_size=len(MCQA_VOCAB)), make_tokenizer(MCQA_VOCAB)
     >>> method = ScoringMethod(scoring="cloze")

@@ -361,7 +361,7 @@ class SECLEvaluator(Evaluator):
     """SECL as a streaming, label-free evaluator (see the module docstring).
 
     Example:
-        >>> from catto.synthetic import make_model
+        >>> from catto.data.synthetic import make_model
         >>> from tokenizers import Tokenizer, models, pre_tokenizers
         >>> from transformers import PreTrainedTokenizerFast
         >>> words = ["<pad>", "<unk>", "A", "B", "True", "False", "bin", ":"] + list("0123456789")

@@ -100,7 +100,7 @@ class TemperatureScaling(Evaluator):
     """One temperature over the scoring layer's option log-probabilities, fitted by NLL on labelled items.
 
     Example:
-        >>> from catto.synthetic import make_model, make_tokenizer, MCQA_VOCAB
+        >>> from catto.data.synthetic import make_model, make_tokenizer, MCQA_VOCAB
         >>> from catto.data import MCQAItem
         >>> items = [MCQAItem(f"q{i}", "w1 w2", ("w3", "w4"), gold=i % 2) for i in range(6)]
         >>> model, tok = make_model(vocab_size=len(MCQA_VOCAB)), make_tokenizer(MCQA_VOCAB)

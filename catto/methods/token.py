@@ -9,7 +9,7 @@ debiased estimate), Brier, with intervals that resample pairs; per-pair records 
 diagrams of the tokens.
 
 Example:
-    >>> from catto.synthetic import make_model, make_tokenizer, preference_dataset
+    >>> from catto.data.synthetic import make_model, make_tokenizer, preference_dataset
     >>> method = TokenCalibration()
     >>> records = method.evaluate(make_model(), make_tokenizer(), preference_dataset(4))
     >>> summary = method.summarize(records)

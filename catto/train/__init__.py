@@ -1,8 +1,7 @@
-"""The training half of catto: the CATTO term, the fused LM-head statistics, `CATTOConfig` / `CATTODPOTrainer`, the
+"""The training half of catto: `CATTOConfig` / `CATTODPOTrainer` (the TRL wiring of the term in `catto.core`), the
 live-calibration callback and the `catto train` script.
 
-- `catto.train.calibration`: the term as pure tensor functions.
-- `catto.train.fused_head`: one tiled LM-head pass for TRL's per-token outputs and the term's statistics.
+- `catto.train.fused_forward`: the policy forward that runs the kernel of `catto.core.fused_head` in TRL's place.
 - `catto.train.config`, `catto.train.trainer`: `CATTOConfig(DPOConfig)`, `CATTODPOTrainer(DPOTrainer)` (wiring).
 - `catto.train.callbacks`: `CalibrationEvalCallback` (eval_calibration/* curves while training).
 - `catto.train.script`: the recipe-driven training job (`python -m catto.train --config recipe.yaml`).

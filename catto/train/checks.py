@@ -47,7 +47,7 @@ def check_model(model_args) -> None:
     import torch
     from transformers import AutoConfig
 
-    from ..eval.modeling import TOKENIZER_FILES
+    from ..core.modeling import TOKENIZER_FILES
 
     name = model_args.model_name_or_path
     path = os.path.expanduser(name)

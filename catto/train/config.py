@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 from ..errors import ConfigError
-from .calibration import CONFIDENCE_CHOICES, LOSS_FORM_CHOICES, MARGIN_CHOICES
+from ..core.calibration import CONFIDENCE_CHOICES, LOSS_FORM_CHOICES, MARGIN_CHOICES
 
 SEQUENCES_CHOICES = ("both", "chosen")
 

@@ -1,6 +1,6 @@
 """`CATTODPOTrainer`: `trl.DPOTrainer` plus the CATTO token-level calibration term.
 
-Wiring only; the math is in `catto.train.calibration`, the fused LM-head statistics in `catto.train.fused_head`.
+Wiring only; the math is in `catto.core.calibration`, the fused LM-head statistics in `catto.core.fused_head`.
 
 TRL 1.16 keeps the DPO logic in the private `_compute_loss` and documents the public `compute_loss` as the override
 point, so that is the one method overridden here. The policy's forward is reached through the `model` argument of
@@ -16,13 +16,13 @@ import torch
 from transformers.utils import is_peft_available
 from trl import DPOTrainer
 
-from .calibration import (
+from ..core.calibration import (
     binned_calibration_counts,
     calibration_term,
     ece_from_binned_counts,
 )
 from .config import CATTOConfig
-from .fused_head import add_catto_head
+from .fused_forward import add_catto_head
 
 if is_peft_available():
     from peft import PeftModel
@@ -71,7 +71,7 @@ class CATTODPOTrainer(DPOTrainer):
     checkpointing and accumulation, and the eval loop.
 
     The loss is `DPO loss + catto_alpha * mean_t l_t` over the response tokens of the micro-batch, with `l_t` the
-    per-token calibration loss of `catto.train.calibration.calibration_term`. The statistics it needs (log-probabilities of
+    per-token calibration loss of `catto.core.calibration.calibration_term`. The statistics it needs (log-probabilities of
     the label and the top-2 tokens) come from the same tiled LM-head pass as TRL's log-probabilities, inside the
     policy's forward, so no `(batch, seq, vocab)` logits are built and no second backbone pass runs.
 

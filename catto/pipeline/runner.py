@@ -350,7 +350,7 @@ class EvalRunner:
     def model(self):
         """(model, tokenizer), loaded once."""
         if self._model is None:
-            from .modeling import load_model_and_tokenizer
+            from ..core.modeling import load_model_and_tokenizer
 
             a = self.args
             self._model = load_model_and_tokenizer(a.model, dtype=a.dtype, device=a.device, gguf_file=a.gguf_file,
@@ -405,7 +405,7 @@ class EvalRunner:
         for spec in methods:
             self._check_method(spec)
         ensure_writable(a.out)
-        from .modeling import check_model_folder
+        from ..core.modeling import check_model_folder
 
         check_model_folder(a.model, a.gguf_file)  # before anything else names the model
         if a.adapter is not None and not os.path.isfile(os.path.join(a.adapter, "adapter_config.json")):
@@ -462,7 +462,7 @@ class EvalRunner:
         return out
 
     def _evaluate(self, ev, d: EvalDataset, items: list, fit_ids: list[str], folder: str) -> MethodRun:
-        from .results import write_results_jsonl
+        from ..eval.results import write_results_jsonl
 
         model, tokenizer = self.model()
         path = os.path.join(folder, "results.jsonl")
@@ -477,7 +477,7 @@ class EvalRunner:
 
     def _read_back(self, spec: MethodSpec, d: EvalDataset, items: list, folder: str) -> MethodRun:
         """A finished `catto eval` folder's per-item results for exactly these items."""
-        from .results import ItemResult, write_results_jsonl
+        from ..eval.results import ItemResult, write_results_jsonl
 
         path = os.path.join(spec.results_dir, d.name, "results.jsonl")
         if not os.path.exists(path):
@@ -511,7 +511,7 @@ class EvalRunner:
 
     def _summarize(self, ev, name: str, records: list, fit_ids: list[str], folder: str, path: str,
                    n_items: int) -> MethodRun:
-        from .aggregate import summarize_results
+        from ..eval.aggregate import summarize_results
 
         a = self.args
         item_results = ev.item_results(records)
@@ -542,7 +542,7 @@ def write_eval_plots(curves: Mapping[str, tuple[list, list]], folder: str, title
     if importlib.util.find_spec("matplotlib") is None:
         logger.warning("matplotlib is not installed (pip install 'catto[plots]'): no plots written.")
         return {"skipped": "matplotlib not installed"}
-    from .plots import reliability_diagram, risk_coverage_plot
+    from ..eval.plots import reliability_diagram, risk_coverage_plot
 
     plots = {}
     for label, (conf, correct) in curves.items():
@@ -560,8 +560,9 @@ def write_eval_plots(curves: Mapping[str, tuple[list, list]], folder: str, title
 def run_eval(args: EvalArguments, method: str, config: Any, *, model_and_tokenizer: tuple | None = None) -> dict:
     """`catto eval --method METHOD`: evaluate every `--data` spec, write `<out>/<dataset>/results.jsonl` (resumable),
     plots, and `<out>/metrics.json` with every choice; returns that payload."""
+    from ..eval.aggregate import format_table
     from ..methods import get_method_class
-    from .aggregate import format_table
+    from .trackers import log_to_trackers
 
     cls = get_method_class(method)
     runner = EvalRunner(args, model_and_tokenizer)
@@ -585,7 +586,7 @@ def run_eval(args: EvalArguments, method: str, config: Any, *, model_and_tokeniz
         text = format_method_metrics(method, entry["method_metrics"])
         if text:
             print(f"\n{name}:\n{text}")
-    log_to_trackers(args, f"eval-{method}", {name: {"metrics": e["metrics"], "method_metrics": e["method_metrics"]}
+    log_to_trackers(args.report_to, args.out, f"eval-{method}", {name: {"metrics": e["metrics"], "method_metrics": e["method_metrics"]}
                                              for name, e in report.items()},
                     {f"{name}/{k}": v for name, e in report.items() for k, v in e["plots"].items()
                      if isinstance(v, str) and v.endswith(".png")}, payload)
@@ -602,7 +603,7 @@ def format_method_metrics(method: str, metrics: Mapping[str, Any]) -> str:
     if not metrics:
         return ""
     if "chosen" in metrics and "rejected" in metrics:
-        from .token import format_token_table
+        from ..eval.token import format_token_table
 
         return format_token_table({"chosen": metrics["chosen"], "rejected": metrics["rejected"]})
     if "accuracy_vs_k" in metrics:
@@ -610,40 +611,3 @@ def format_method_metrics(method: str, metrics: Mapping[str, Any]) -> str:
 
         return format_accuracy_table(method, metrics["accuracy_vs_k"])
     return ""
-
-
-def log_to_trackers(args: EvalArguments, run_name: str, metrics: Mapping[str, Any], images: Mapping[str, str],
-                    config: Mapping[str, Any]) -> list[str]:
-    """Log flattened numeric `metrics` and PNG `images` to `args.report_to` trackers through accelerate's tracking
-    API (the trackers transformers' `report_to` knows); returns the trackers logged to."""
-    if not args.report_to:
-        return []
-    from accelerate import Accelerator
-
-    flat = {k: v for k, v in _flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    accelerator = Accelerator(log_with=args.report_to, project_dir=args.out, cpu=True)
-    accelerator.init_trackers(f"catto-{run_name}", config={k: v for k, v in _flatten(config).items()
-                                                           if isinstance(v, (int, float, str, bool))})
-    accelerator.log(flat, step=0)
-    if images:
-        import numpy as np
-        from PIL import Image
-
-        arrays = {k: np.asarray(Image.open(v).convert("RGB")) for k, v in images.items() if os.path.exists(v)}
-        for tracker in accelerator.trackers:
-            if hasattr(tracker, "log_images") and arrays:
-                tracker.log_images(arrays, step=0)
-    accelerator.end_training()
-    return [t.name for t in accelerator.trackers]
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": {"value": 1}}}` -> `{"a/b": 1}` (metric entries collapse to their value)."""
-    if isinstance(tree, Mapping):
-        if "value" in tree and not isinstance(tree["value"], Mapping):
-            return {prefix: tree["value"]} if prefix else {"value": tree["value"]}
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}/{k}" if prefix else str(k)))
-        return out
-    return {prefix: tree} if prefix else {}

