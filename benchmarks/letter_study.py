@@ -180,8 +180,8 @@ def letter_scores(model_path: str, items: list, out: Path, args) -> dict:
 
     eval_args = EvalArguments(model=model_path, data=["feasibility"], out=str(out), bootstrap=0, no_plots=True,
                               no_progress=True, device=args.device)
-    runner = EvalRunner(eval_args)
-    runner.datasets = {"feasibility": EvalDataset("feasibility", "feasibility items", items, [], [])}
+    runner = EvalRunner(eval_args, datasets={"feasibility": EvalDataset.from_items("feasibility", items,
+                                                                                  "feasibility items")})
     run = runner.run([MethodSpec("scoring", ScoringMethod, ScoringMethodConfig(scoring="letter"))],
                      folder_of=lambda m, d: str(out))["feasibility"]["scoring"]
     records = run.records

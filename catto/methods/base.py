@@ -26,7 +26,7 @@ import importlib
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -45,6 +45,8 @@ from ..io import atomic_write, write_json_atomic
 METHODS: dict[str, type[Evaluator]] = {}
 
 STATE_TENSORS_FILE = "state.safetensors"
+# The shared metrics `catto report` puts side by side (`Evaluator.report_columns`).
+REPORT_COLUMNS = ("accuracy", "ece", "brier", "nll", "auroc", "aurc")
 STATE_JSON_FILE = "evaluator.json"
 
 
@@ -58,10 +60,6 @@ def register_method(cls: type[Evaluator]) -> type[Evaluator]:
     METHODS[cls.name] = cls
     return cls
 
-
-# catto <= 0.1 names
-EVALUATORS = METHODS
-register_evaluator = register_method
 
 BUILTIN_METHODS: dict[str, str] = {
     "scoring": "catto.methods.scoring",
@@ -147,6 +145,10 @@ class Evaluator(ABC):
     accepts_pairs: ClassVar[bool] = False
     #: whether the runner gives it demonstrations (`--num-fewshot`) through `fewshot`
     uses_fewshot: ClassVar[bool] = False
+    #: the shared metric columns (`catto.eval.aggregate.summarize_results` keys) that this method's per-item answers
+    #: fill in `catto report`'s table; a method without per-question answers (token) fills none and is reported by
+    #: its own table (`format_summary`)
+    report_columns: ClassVar[tuple[str, ...]] = REPORT_COLUMNS
 
     def __init__(self, config: EvaluatorConfig | None = None, **kwargs: Any):
         if config is not None and kwargs:
@@ -191,6 +193,19 @@ class Evaluator(ABC):
         """Method-specific corpus-level numbers (e.g. abstention scores) reported next to the shared metrics; the
         default has none. Only labelled records are passed."""
         return {}
+
+    @classmethod
+    def format_summary(cls, method_metrics: Mapping[str, Any]) -> str:
+        """The method's own numbers (what `summarize` returned) as a short Markdown table, printed by `catto eval`
+        and added to `catto report`; the default has none (empty string)."""
+        return ""
+
+    @classmethod
+    def report_config(cls, shared: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The config values this method takes from `catto report`'s shared options, before the user's `--set`
+        `overrides` are applied. `shared` holds the shared options whose names are fields of `config_class`; the
+        default takes them all."""
+        return dict(shared)
 
     def write_plots(self, records: Sequence[Any], folder: str, title: str) -> dict[str, str]:
         """Method-specific figures in `folder` (`{name: path}`); the runner draws the reliability and

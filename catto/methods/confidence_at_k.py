@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -687,6 +687,11 @@ class ConfidenceAtK(Evaluator):
         if store is None:
             return [r.to_item_result() for r in fresh]
         return store.ordered([it.id for it in items])
+
+    @classmethod
+    def format_summary(cls, method_metrics: Mapping[str, Any]) -> str:
+        curves = method_metrics.get("accuracy_vs_k")
+        return format_accuracy_table(cls.name, curves) if curves else ""
 
     def summarize(self, records: Sequence[ItemResult]) -> dict[str, Any]:
         opts = self.metric_options

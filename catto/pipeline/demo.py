@@ -177,8 +177,8 @@ def _evaluate_models(args: DemoArguments, model: str, runs: dict, eval_sets: dic
         eval_args = EvalArguments(model=model, adapter=adapter, data=list(eval_sets), out=folder,
                                   device=args.device, n_bins=args.n_bins, bootstrap=0, seed=args.seed,
                                   no_plots=True, no_progress=args.no_progress, overwrite=args.overwrite)
-        runner = EvalRunner(eval_args)
-        runner.datasets = {key: EvalDataset(key, spec, items, [], []) for key, (spec, items) in eval_sets.items()}
+        runner = EvalRunner(eval_args, datasets={key: EvalDataset.from_items(key, items, spec)
+                                                 for key, (spec, items) in eval_sets.items()})
         runs_ = runner.run(methods, folder_of=lambda m, d, folder=folder: os.path.join(folder, m, d or ""))
         for name in eval_sets:
             mcqa[name][label] = runs_[name]["scoring"].records

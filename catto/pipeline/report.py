@@ -30,17 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..methods.base import REPORT_COLUMNS
 from ..io import write_json_atomic, write_text_atomic
+from .runner import EvalArguments, EvalRunner, MethodRun, MethodSpec
 from .trackers import log_to_trackers
-from .runner import (
-    EvalArguments,
-    EvalRunner,
-    MethodRun,
-    MethodSpec,
-    format_method_metrics,
-)
 
-TABLE_KEYS = ("accuracy", "ece", "brier", "nll", "auroc", "aurc")
 # Options of `catto report` that every method's config takes when it has a field of that name.
 SHARED_FIELDS = ("scoring", "cloze_normalization", "chat_template", "batch_size", "seed")
 
@@ -108,9 +102,8 @@ class ReportArguments:
 def method_config(cls, report: ReportArguments, seed: int, overrides: dict[str, Any]):
     """`cls`'s config with `catto report`'s shared options (where the config has the field) and `--set` values."""
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    values = {k: getattr(report, k) if k != "seed" else seed for k in SHARED_FIELDS if k in fields}
-    if cls.name == "msp" and "mode" not in overrides:
-        values["scoring"] = "letter"  # MSP's letters mode reads letter scoring whatever the others use
+    values = cls.report_config({k: getattr(report, k) if k != "seed" else seed for k in SHARED_FIELDS if k in fields},
+                               overrides)
     unknown = set(overrides) - fields
     if unknown:
         raise ConfigError(f"--set: {cls.name} has no config field(s) {sorted(unknown)}. Fix: use one of "
@@ -130,11 +123,17 @@ def _cell(entry: dict | None) -> str:
     return text
 
 
-def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
-    """`{method: summary}` as a Markdown table of the report's metrics with their intervals."""
-    lines = ["| method | n | " + " | ".join(TABLE_KEYS) + " |", "|---|---|" + "---|" * len(TABLE_KEYS)]
+def markdown_table(rows: dict[str, dict[str, Any]], columns: dict[str, tuple[str, ...]] | None = None) -> str:
+    """`{method: summary}` as a Markdown table of the shared metrics with their intervals. `columns` (method ->
+    the `report_columns` it fills; default all) leaves the others blank ("-"); the table has the columns some
+    method fills, in `REPORT_COLUMNS` order."""
+    columns = columns or {}
+    keys = [k for k in REPORT_COLUMNS if any(k in columns.get(m, REPORT_COLUMNS) for m in rows)]
+    lines = ["| method | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for method, s in rows.items():
-        lines.append(f"| {method} | {s.get('n', '-')} | " + " | ".join(_cell(s.get(k)) for k in TABLE_KEYS) + " |")
+        filled = columns.get(method, REPORT_COLUMNS)
+        lines.append(f"| {method} | {s.get('n', '-')} | "
+                     + " | ".join(_cell(s.get(k)) if k in filled else "-" for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -202,6 +201,8 @@ def run_report(args: EvalArguments, report: ReportArguments, *, model_and_tokeni
             specs.append(MethodSpec(name, type(ev), ev.config, evaluator=ev))
         else:
             specs.append(MethodSpec(name, results_dir=folder))
+    classes_of = {s.name: s.cls for s in specs if s.cls is not None}
+    columns = {name: cls.report_columns for name, cls in classes_of.items()}
     runner = EvalRunner(args, model_and_tokenizer, load_hint="--load NAME=DIR")
     runs = runner.run(specs, folder_of=lambda m, d: os.path.join(args.out, m, d) if d else os.path.join(args.out, m))
 
@@ -209,11 +210,11 @@ def run_report(args: EvalArguments, report: ReportArguments, *, model_and_tokeni
     sections = []
     for ds_name, per_method in runs.items():
         d = runner.datasets[ds_name]
-        mcqa = {m: r.metrics for m, r in per_method.items() if r.metrics is not None}
-        tables = [markdown_table(mcqa)] if mcqa else []
-        for m, r in per_method.items():
-            text = format_method_metrics(m, r.method_metrics)
-            if text and r.metrics is None:  # methods without per-item answers (token) get their own table
+        mcqa = {m: r.metrics for m, r in per_method.items() if r.metrics is not None and columns.get(m, True)}
+        tables = [markdown_table(mcqa, columns)] if mcqa else []
+        for m, r in per_method.items():  # each method's own table (token calibration, accuracy vs k), if it has one
+            text = classes_of[m].format_summary(r.method_metrics) if m in classes_of and r.method_metrics else ""
+            if text:
                 tables.append(text)
         plots = _plots(args, ds_name, per_method)
         n = next(iter(per_method.values())).n_items

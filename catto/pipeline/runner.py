@@ -99,8 +99,6 @@ class EvalArguments:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("--model is missing. Fix: pass --model HUB_ID_OR_FOLDER.")
-        if not self.data:
-            raise ConfigError("--data is missing. Fix: pass at least one dataset spec, e.g. --data arc_easy.")
         if not self.out:
             raise ConfigError("--out is missing. Fix: pass --out FOLDER for the results.")
         checks = {"limit": (self.limit, 1), "sample": (self.sample, 1), "num_fewshot": (self.num_fewshot, 0), "n_bins": (self.n_bins, 1),
@@ -135,14 +133,30 @@ class EvalArguments:
 
 @dataclass
 class EvalDataset:
-    """One `--data` spec, loaded and validated before the model is."""
+    """One dataset to evaluate: a `--data` spec loaded and validated before the model is, or items already in memory
+    (`EvalDataset.from_items`, `EvalRunner(datasets=...)`)."""
 
     name: str
     spec: str
     items: list
-    fewshot: list
-    skipped: list[dict]
+    fewshot: list = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
     pairs: bool = False
+
+    @classmethod
+    def from_items(cls, name: str, items: Sequence[Any], spec: str | None = None,
+                   fewshot: Sequence[Any] = ()) -> EvalDataset:
+        """Items already in memory: `MCQAItem`s, or preference rows (`prompt`/`chosen`/`rejected` dicts with an
+        `id`) for the token method. `spec` is what the run records name the data by (default `in-memory:<name>`);
+        the settings check on resume also compares the items' fingerprint."""
+        items = list(items)
+        if not items:
+            raise DataError(f"dataset {name!r} has no items to evaluate. Fix: pass at least one item.")
+        pairs = isinstance(items[0], Mapping)
+        if pairs and any("id" not in row for row in items):
+            raise DataError(f"dataset {name!r}: preference rows need an 'id' (results are resumed by id). Fix: add "
+                            "one per row, e.g. its index.")
+        return cls(name, spec or f"in-memory:{name}", items, list(fewshot), [], pairs=pairs)
 
 
 @dataclass
@@ -264,12 +278,22 @@ class EvalRunner:
     """
 
     def __init__(self, args: EvalArguments, model_and_tokenizer: tuple | None = None,
-                 load_hint: str = "--load-evaluator DIR"):
+                 load_hint: str = "--load-evaluator DIR", *,
+                 datasets: Mapping[str, Sequence[Any] | EvalDataset] | None = None,
+                 fit_items: Sequence[Any] | None = None):
+        """`datasets` (like lm-eval's `simple_evaluate(tasks=...)` taking task objects): `{name: items}` or
+        `{name: EvalDataset}` already in memory, evaluated as given instead of loading `args.data` (`--limit`,
+        `--sample` and few-shot loading apply to specs only); `fit_items`: labelled items to fit learning methods on
+        once, instead of `args.fit_data`."""
         self.args = args
         self.load_hint = load_hint  # how this command takes a saved evaluator (for error messages)
         self._model = model_and_tokenizer
-        self.datasets: dict[str, EvalDataset] = {}
-        self.fit_items: list | None = None
+        self.datasets: dict[str, EvalDataset] = {
+            name: d if isinstance(d, EvalDataset) else EvalDataset.from_items(name, d)
+            for name, d in (datasets or {}).items()}
+        self.fit_items: list | None = list(fit_items) if fit_items is not None else None
+        if self.fit_items is not None and args.fit_data:
+            raise ConfigError("fit_items and --fit-data both say what to fit on. Fix: give one of them.")
 
     # -- loading -----------------------------------------------------------------------------------------------
     def load_datasets(self, *, pairs_ok: bool = False) -> dict[str, EvalDataset]:
@@ -277,6 +301,8 @@ class EvalRunner:
         from ..data import load_mcqa
 
         a = self.args
+        if not a.data:
+            raise ConfigError("--data is missing. Fix: pass at least one dataset spec, e.g. --data arc_easy.")
         datasets: dict[str, EvalDataset] = {}
         for spec in a.data:
             name = dataset_name(spec)
@@ -369,7 +395,8 @@ class EvalRunner:
         a = self.args
         if spec.cls is None:
             return
-        if spec.cls.needs_labels and spec.evaluator is None and not (a.fit_data or a.fit_first or a.load_evaluator):
+        if spec.cls.needs_labels and spec.evaluator is None and self.fit_items is None and not (
+                a.fit_data or a.fit_first or a.load_evaluator):
             raise ConfigError(f"{spec.name} learns from labelled items. Fix: pass --fit-data SPEC (fit on another "
                               "dataset), --fit-first N (fit on the first N items of each --data) or "
                               f"{self.load_hint}.")
@@ -391,7 +418,13 @@ class EvalRunner:
         return {"method": spec.name, "config": config, "model": a.model, "gguf_file": a.gguf_file,
                 "adapter": a.adapter, "dtype": a.dtype, "data": dataset.spec, "split": a.split,
                 "items": len(items), "data_fingerprint": items_fingerprint(items),
-                "fewshot": [f.id for f in dataset.fewshot], "fit": self.args.record()["fit"]}
+                "fewshot": [f.id for f in dataset.fewshot], "fit": self._fit_record()}
+
+    def _fit_record(self) -> dict[str, Any]:
+        fit = self.args.record()["fit"]
+        if self.fit_items is not None and not self.args.fit_data:  # fit items given in memory: name them
+            fit = {**fit, "items": len(self.fit_items), "items_fingerprint": items_fingerprint(self.fit_items)}
+        return fit
 
     def run(self, methods: Sequence[MethodSpec], folder_of: Callable[[str, str | None], str]) -> \
             dict[str, dict[str, MethodRun]]:
@@ -583,7 +616,7 @@ def run_eval(args: EvalArguments, method: str, config: Any, *, model_and_tokeniz
     if tables:
         print(format_table(tables))
     for name, entry in report.items():
-        text = format_method_metrics(method, entry["method_metrics"])
+        text = cls.format_summary(entry["method_metrics"]) if entry["method_metrics"] else ""
         if text:
             print(f"\n{name}:\n{text}")
     log_to_trackers(args.report_to, args.out, f"eval-{method}", {name: {"metrics": e["metrics"], "method_metrics": e["method_metrics"]}
@@ -596,18 +629,3 @@ def run_eval(args: EvalArguments, method: str, config: Any, *, model_and_tokeniz
 
 def _config_dict(config: Any) -> dict | None:
     return config.to_dict() if hasattr(config, "to_dict") else None
-
-
-def format_method_metrics(method: str, metrics: Mapping[str, Any]) -> str:
-    """A short table of a method's own numbers where it has a standard form (token calibration, accuracy vs k)."""
-    if not metrics:
-        return ""
-    if "chosen" in metrics and "rejected" in metrics:
-        from ..eval.token import format_token_table
-
-        return format_token_table({"chosen": metrics["chosen"], "rejected": metrics["rejected"]})
-    if "accuracy_vs_k" in metrics:
-        from ..methods.confidence_at_k import format_accuracy_table
-
-        return format_accuracy_table(method, metrics["accuracy_vs_k"])
-    return ""
