@@ -10,11 +10,11 @@ import torch
 from catto.data.items import MCQAItem
 from catto.eval.results import ItemResult
 from catto.methods import (
-    EVALUATORS,
+    METHODS,
     Evaluator,
     EvaluatorConfig,
     load_evaluator,
-    register_evaluator,
+    register_method,
 )
 
 
@@ -23,7 +23,7 @@ class _ShiftConfig(EvaluatorConfig):
     shift: float = dataclasses.field(default=0.0, metadata={"help": "added to the first option's logit"})
 
 
-@register_evaluator
+@register_method
 class _ShiftEvaluator(Evaluator):
     """Predicts softmax(w + shift) for a learned per-option vector w (a toy with tensor and JSON state)."""
 
@@ -67,7 +67,7 @@ def test_round_trip_is_identical(tmp_path):
     assert isinstance(loaded, _ShiftEvaluator) and loaded.fitted and loaded.config.shift == 0.5
     assert [r.option_probs for r in loaded.evaluate(None, None, _items([1, 0]))] == [r.option_probs for r in before]
     assert loaded.describe()["n_fit"] == 4
-    assert "_test_shift" in EVALUATORS
+    assert "_test_shift" in METHODS
 
 
 def test_fit_without_labels_names_the_items():

@@ -121,3 +121,48 @@ def test_catto_report_is_dispatched(setup):
     out = root / "dispatched"
     assert catto_main(["report"] + _common(model_dir, specs[:1], out) + ["--methods", "scoring", "--no-plots"]) == 0
     assert (out / "report.json").exists()
+
+
+def test_a_new_method_is_one_class_and_its_hooks_decide_the_report(setup):
+    """Hooks instead of special cases: a method registered in the test (no catto code names it) fills only the
+    columns it declares and adds its own table; MSP takes letter scoring through its `report_config`."""
+    import dataclasses
+
+    from catto.methods import METHODS, register_method
+    from catto.methods.msp import MSPEvaluator
+    from catto.methods.scoring import ScoringMethod, ScoringMethodConfig
+    from catto.pipeline.report import ReportArguments, method_config
+
+    @dataclasses.dataclass
+    class _AccuracyOnlyConfig(ScoringMethodConfig):
+        pass
+
+    @register_method
+    class _AccuracyOnly(ScoringMethod):
+        name = "_accuracy_only"
+        config_class = _AccuracyOnlyConfig
+        report_columns = ("accuracy",)
+
+        @classmethod
+        def format_summary(cls, method_metrics):
+            return f"| {cls.name} own table | {method_metrics['n_seen']} |\n|---|---|"
+
+        def summarize(self, records):
+            return {"n_seen": len(records)}
+
+    try:
+        root, model_dir, specs, _ = setup
+        out = root / "hooks"
+        assert main(_common(model_dir, specs[:1], out) + ["--scoring", "cloze", "--methods",
+                                                          "scoring,_accuracy_only"]) == 0
+        md = (out / "report.md").read_text()
+        row = next(line for line in md.splitlines() if line.startswith("| _accuracy_only | 14 |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] != "-" and set(cells[3:]) == {"-"}  # accuracy filled, ece .. aurc left blank
+        assert "| _accuracy_only own table | 14 |" in md
+    finally:
+        METHODS.pop("_accuracy_only", None)
+    cloze = ReportArguments(scoring="cloze")
+    assert method_config(MSPEvaluator, cloze, 0, {}).scoring == "letter"
+    assert method_config(MSPEvaluator, cloze, 0, {"mode": "generate"}).scoring == "cloze"
+    assert method_config(ScoringMethod, cloze, 0, {}).scoring == "cloze"

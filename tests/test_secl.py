@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from catto.data.items import MCQAItem
-from catto.methods import get_evaluator_class, load_evaluator
+from catto.methods import get_method_class, load_evaluator
 from catto.methods.secl import (
     SECLConfig,
     SECLEvaluator,
@@ -307,7 +307,7 @@ def test_chat_style_needs_a_template(tok):
 def test_catto_eval_method_secl(tok, tmp_path):
     from catto.cli import main
 
-    assert get_evaluator_class("secl") is SECLEvaluator and not SECLEvaluator.needs_labels
+    assert get_method_class("secl") is SECLEvaluator and not SECLEvaluator.needs_labels
     model_dir = tmp_path / "model"
     _model().save_pretrained(model_dir)
     tok.save_pretrained(model_dir)

@@ -26,7 +26,6 @@ continues from its last checkpoint. `catto demo --synthetic` is a one-minute toy
 from __future__ import annotations
 
 import copy
-import gc
 import importlib.util
 import os
 import time
@@ -158,34 +157,23 @@ def _display_name(spec: str, root: str | None) -> str:
     return name if root is not None and path == root else dataset_name(spec)
 
 
-def _evaluate_models(args: DemoArguments, model: str, runs: dict, eval_sets: dict, out: str) -> tuple[dict, dict]:
-    """Token and MCQA results of base, DPO and CATTO on the same items, through the evaluation runner."""
-    from .runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
-    from ..methods.scoring import ScoringMethod, ScoringMethodConfig
-    from ..methods.token import TokenCalibration, TokenMethodConfig
+def demo_study(args: DemoArguments, model: str, train_spec: str, eval_sets: dict[str, tuple[str, list]],
+               out: str):
+    """The demo as a study of three arms and one seed: the base model, DPO and CATTO (the demo recipes, one flag
+    apart), trained into `out/dpo` and `out/catto` and evaluated into `out/eval/<arm>/<method>/<set>`."""
+    from .runner import EvalDataset
+    from .study import Arm, Study, StudySettings
 
-    methods = [MethodSpec("scoring", ScoringMethod, ScoringMethodConfig(scoring="cloze", cloze_normalization="char",
-                                                                        batch_size=args.eval_batch_size)),
-               MethodSpec("token", TokenCalibration, TokenMethodConfig(pair_format="cloze", max_length=1024,
-                                                                       seed=args.seed))]
-    mcqa: dict[str, dict[str, list]] = {name: {} for name in eval_sets}
-    tokens: dict[str, dict[str, list]] = {name: {} for name in eval_sets}
-    for label in LABELS:
-        adapter = None if label == "base" else runs[label]["output_dir"]
-        folder = os.path.join(out, "eval", label)
-        logger.info(f"evaluating {label} ...")
-        eval_args = EvalArguments(model=model, adapter=adapter, data=list(eval_sets), out=folder,
-                                  device=args.device, n_bins=args.n_bins, bootstrap=0, seed=args.seed,
-                                  no_plots=True, no_progress=args.no_progress, overwrite=args.overwrite)
-        runner = EvalRunner(eval_args, datasets={key: EvalDataset.from_items(key, items, spec)
-                                                 for key, (spec, items) in eval_sets.items()})
-        runs_ = runner.run(methods, folder_of=lambda m, d, folder=folder: os.path.join(folder, m, d or ""))
-        for name in eval_sets:
-            mcqa[name][label] = runs_[name]["scoring"].records
-            tokens[name][label] = runs_[name]["token"].records
-        del runner
-        gc.collect()
-    return mcqa, tokens
+    settings = StudySettings(out=out, model=model, train_data=train_spec, train_split=args.train_split,
+                             train_items=args.train_items, steps=args.steps,
+                             per_device_train_batch_size=args.batch_size, checkpoint_every=CHECKPOINT_EVERY,
+                             device=args.device, eval_batch_size=args.eval_batch_size, pair_seed=args.seed,
+                             n_bins=args.n_bins, seed=args.seed, runs_folder="", key_format="{arm}",
+                             overwrite=args.overwrite, no_progress=args.no_progress)
+    alpha = ("--catto_alpha", str(args.alpha)) if args.alpha is not None else ()
+    arms = {"base": Arm("base"), "dpo": Arm("dpo", "demo/dpo"), "catto": Arm("catto", "demo/catto", alpha)}
+    sets = {name: EvalDataset.from_items(name, items, spec) for name, (spec, items) in eval_sets.items()}
+    return Study(settings, sets), arms
 
 
 def run_real_demo(args: DemoArguments) -> dict[str, Any]:
@@ -196,8 +184,6 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
     from ..eval.compare import compare_rows
     from .runner import ensure_writable
     from ..eval.token import paired_token_difference, summarize_token_results
-    from ..train.recipes import mcqa_recipe_argv
-    from ..train.runs import train_run
 
     t0 = time.perf_counter()
     out = os.path.abspath(args.out)
@@ -225,23 +211,17 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
     logger.info(f"training pairs from the first {args.train_items} items of {train_spec}; evaluating on "
                 + ", ".join(f"{k} ({len(v[1])})" for k, v in eval_sets.items()))
 
-    # 2. Train DPO and CATTO from the same seed, same recipe, one flag apart.
-    import torch
-
-    runs = {}
-    for run in RUNS:
-        run_dir = os.path.join(out, run)
-        argv = mcqa_recipe_argv(f"demo/{run}", model=model, train_spec=train_spec, out_dir=run_dir,
-                                train_items=args.train_items, seed=args.seed, train_split=args.train_split,
-                                steps=args.steps, batch_size=args.batch_size,
-                                alpha=args.alpha if run == "catto" else None,
-                                use_cpu=args.device == "cpu" or not torch.cuda.is_available(),
-                                checkpoint_every=CHECKPOINT_EVERY)
-        logger.info(f"training {run}: catto train " + " ".join(argv))
-        runs[run] = train_run(argv, run_dir, overwrite=args.overwrite)
-
-    # 3. Evaluate base, DPO and CATTO on the same items.
-    mcqa, tokens = _evaluate_models(args, model, runs, eval_sets, out)
+    # 2. Train DPO and CATTO from the same seed, same recipe, one flag apart; 3. evaluate base, DPO and CATTO on the
+    # same items (both through the study pipeline: a finished training and finished results are reused).
+    study, arms = demo_study(args, model, train_spec, eval_sets, out)
+    runs = {label: study.train(arms[label], args.seed) for label in RUNS}
+    mcqa: dict[str, dict[str, list]] = {name: {} for name in eval_sets}
+    tokens: dict[str, dict[str, list]] = {name: {} for name in eval_sets}
+    for label in LABELS:
+        logger.info(f"evaluating {label} ...")
+        records = study.evaluate(arms[label], args.seed)
+        for name in eval_sets:
+            mcqa[name][label], tokens[name][label] = records["scoring"][name], records["token"][name]
     opts = {"n_bins": args.n_bins, "n_resamples": args.bootstrap, "seed": args.seed}
     summaries = {name: {label: summarize_results(res, **opts) for label, res in per.items()}
                  for name, per in mcqa.items()}
