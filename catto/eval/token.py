@@ -292,7 +292,7 @@ def token_calibration(model, tokenizer, pairs: Iterable[Mapping[str, Any]], *,
                     finished.append(TokenPairResult(
                         id=ids[i], chosen=partial[i]["chosen"], rejected=partial[i]["rejected"],
                         n_prompt_tokens=meta[i][0], truncated=meta[i][1], source=row.get("source"),
-                        subject=row.get("subject")))
+                        subject=row.get("subject"), extra={"eos_token_id": eos} if eos is not None else {}))
                     del partial[i]
             if store is not None:
                 store.append(finished)
@@ -311,13 +311,43 @@ def token_calibration(model, tokenizer, pairs: Iterable[Mapping[str, Any]], *,
 # Aggregation
 
 
-def _pooled(results: Sequence[TokenPairResult], role: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(confidence, correct, label_prob, sequence index) over every token of `role`."""
+# The parts of a response the summaries report apart: the answer's own tokens, and the EOS that TRL appends to every
+# string completion (trained on like any response token; with 2-3-token answers it is a third of the tokens).
+PARTS = ("answer", "eos")
+
+
+def eos_token_id_of(results: Sequence[TokenPairResult]) -> int | None:
+    """The EOS id the records were scored with (`extra["eos_token_id"]`), or None when any record lacks it (records
+    of catto <= 0.1) or they disagree: then no answer/EOS split is reported."""
+    found = {r.extra.get("eos_token_id") for r in results}
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
+def _pooled(results: Sequence[TokenPairResult], role: str,
+            part: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(confidence, correct, label_prob, sequence index) over every token of `role`; `part` keeps only the answer's
+    own tokens ("answer") or only the EOS tokens ("eos")."""
     seqs = [r.sequence(role) for r in results]
-    conf = np.array([c for s in seqs for c in s.confidence], dtype=np.float64)
-    corr = np.array([c for s in seqs for c in s.correct], dtype=bool)
-    label = np.array([p for s in seqs for p in s.label_prob], dtype=np.float64)
-    group = np.repeat(np.arange(len(seqs)), [len(s.confidence) for s in seqs])
+    keep = None
+    if part is not None:
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {list(PARTS)} or None, got {part!r}.")
+        eos = eos_token_id_of(results)
+        if eos is None:
+            raise ValueError("these token records do not say which token is the EOS (scored before the EOS id was "
+                             "recorded); score them again to split answer and EOS tokens.")
+        keep = [[(t == eos) == (part == "eos") for t in s.token_ids] for s in seqs]
+
+    def flat(values_of, dtype):
+        if keep is None:
+            return np.array([v for s in seqs for v in values_of(s)], dtype=dtype)
+        return np.array([v for s, k in zip(seqs, keep) for v, kk in zip(values_of(s), k) if kk], dtype=dtype)
+
+    conf = flat(lambda s: s.confidence, np.float64)
+    corr = flat(lambda s: s.correct, bool)
+    label = flat(lambda s: s.label_prob, np.float64)
+    counts = [len(s.confidence) for s in seqs] if keep is None else [sum(k) for k in keep]
+    group = np.repeat(np.arange(len(seqs)), counts)
     return np.clip(conf, 0.0, 1.0), corr, np.clip(label, 0.0, 1.0), group
 
 
@@ -353,14 +383,26 @@ def token_metrics(confidence: np.ndarray, correct: np.ndarray, label_prob: np.nd
 
 def summarize_token_results(results: Sequence[TokenPairResult], *, n_bins: int = 15, n_resamples: int = 1000,
                             n_simulations: int = 200, seed: int = 0) -> dict[str, Any]:
-    """`{"chosen": metrics, "rejected": metrics}` (see `token_metrics`) over every token of the held-out pairs."""
+    """`{"chosen": metrics, "rejected": metrics}` (see `token_metrics`) over every token of the held-out pairs.
+
+    Where the records say which token is the EOS, each role's metrics also hold `"parts"`: the same metrics over the
+    answer's own tokens (`"answer"`) and over the EOS tokens alone (`"eos"`), with their own intervals (resampling
+    the same sequences), so a gain that comes from learning when to stop is told apart from one on the answer.
+    """
     if not results:
         raise ValueError("No token results to summarise.")
+    options = dict(n_bins=n_bins, n_resamples=n_resamples, n_simulations=n_simulations, seed=seed)
+    split = eos_token_id_of(results) is not None
     summary = {}
     for role in ROLES:
-        conf, corr, label, group = _pooled(results, role)
-        summary[role] = token_metrics(conf, corr, label, group, n_bins=n_bins, n_resamples=n_resamples,
-                                      n_simulations=n_simulations, seed=seed)
+        summary[role] = token_metrics(*_pooled(results, role), **options)
+        if split:
+            parts = {}
+            for part in PARTS:
+                pooled = _pooled(results, role, part)
+                if pooled[0].size:
+                    parts[part] = token_metrics(*pooled, **options)
+            summary[role]["parts"] = parts
     return summary
 
 
@@ -374,10 +416,11 @@ def token_curves(results: Sequence[TokenPairResult]) -> dict[str, tuple[list[flo
 
 
 def paired_token_difference(a: Sequence[TokenPairResult], b: Sequence[TokenPairResult], metric: str = "ece", *,
-                            role: str = "chosen", n_bins: int = 15, n_resamples: int = 1000,
-                            seed: int = 0) -> dict[str, Any]:
+                            role: str = "chosen", part: str | None = None, n_bins: int = 15,
+                            n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """metric(a) − metric(b) over the tokens of the same pairs, with a paired bootstrap over pairs (the same
-    resampled pairs for both models). `metric`: "ece", "ece_equal_mass", "accuracy" or "confidence"."""
+    resampled pairs for both models). `metric`: "ece", "ece_equal_mass", "accuracy" or "confidence"; `part`:
+    every response token (None), the answer's own tokens ("answer") or the EOS alone ("eos")."""
     from .metrics import bootstrap_distribution, ece, interval_from_distribution
 
     by_id = {r.id: r for r in b}
@@ -385,8 +428,8 @@ def paired_token_difference(a: Sequence[TokenPairResult], b: Sequence[TokenPairR
     if missing:
         raise ValueError(f"paired_token_difference: {len(missing)} pair(s) of `a` are not in `b`, e.g. {missing[:3]}.")
     b = [by_id[r.id] for r in a]
-    conf_a, corr_a, _, group = _pooled(a, role)
-    conf_b, corr_b, _, group_b = _pooled(b, role)
+    conf_a, corr_a, _, group = _pooled(a, role, part)
+    conf_b, corr_b, _, group_b = _pooled(b, role, part)
     if not np.array_equal(group, group_b):
         raise ValueError("paired_token_difference: the two runs scored different tokens for the same pairs.")
     fns = {"ece": functools.partial(ece, n_bins=n_bins),
@@ -399,27 +442,33 @@ def paired_token_difference(a: Sequence[TokenPairResult], b: Sequence[TokenPairR
     def diff(ca, ya, cb, yb):
         return fn(ca, ya) - fn(cb, yb)
 
+    scope = {"role": role, **({"part": part} if part is not None else {})}
     if n_resamples <= 0:
-        return {"value": diff(conf_a, corr_a, conf_b, corr_b), "paired": True, "role": role}
+        return {"value": diff(conf_a, corr_a, conf_b, corr_b), "paired": True, **scope}
     point, values = bootstrap_distribution(diff, conf_a, corr_a, conf_b, corr_b, n_resamples=n_resamples, seed=seed,
                                            groups=group)
     method = "basic" if metric.startswith("ece") else "percentile"
     low, high = interval_from_distribution(point, values, 0.95, method)
     return {"value": point, "ci": [low, high], "ci_level": 0.95, "ci_method": method, "n_resamples": n_resamples,
-            "paired": True, "resampled": "pairs", "role": role}
+            "paired": True, "resampled": "pairs", **scope}
 
 
 def format_token_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table of `summarize_token_results` output: one row per role, intervals where present."""
+    """Markdown table of `summarize_token_results` output: one row per role (all its tokens), then, where reported,
+    its answer tokens and its EOS apart; intervals where present."""
     from .aggregate import format_cell
 
     keys = ("accuracy", "confidence", "ece", "ece_equal_mass", "brier")
     lines = ["| tokens | n seq. | n tokens | " + " | ".join(keys) + " | ECE debiased | ECE noise floor |",
              "|---|---|---|" + "---|" * (len(keys) + 2)]
-    for role, m in summary.items():
-        ece = m["ece"]
-        extra = [f"{ece['debiased']:.3f}" if "debiased" in ece else "-",
-                 f"{ece['noise_floor']:.3f}" if "noise_floor" in ece else "-"]
-        lines.append(f"| {role} | {m['n_sequences']} | {m['n_tokens']} | "
-                     + " | ".join(format_cell(m.get(k)) for k in keys) + " | " + " | ".join(extra) + " |")
+    labels = {"answer": "answer tokens", "eos": "EOS"}
+    for role, summary_of_role in summary.items():
+        rows = [(role, summary_of_role)] + [(f"{role}: {labels[p]}", m)
+                                            for p, m in summary_of_role.get("parts", {}).items()]
+        for label, m in rows:
+            ece = m["ece"]
+            extra = [f"{ece['debiased']:.3f}" if "debiased" in ece else "-",
+                     f"{ece['noise_floor']:.3f}" if "noise_floor" in ece else "-"]
+            lines.append(f"| {label} | {m['n_sequences']} | {m['n_tokens']} | "
+                         + " | ".join(format_cell(m.get(k)) for k in keys) + " | " + " | ".join(extra) + " |")
     return "\n".join(lines)

@@ -114,30 +114,41 @@ class DemoArguments:
 
 
 def format_demo_table(summaries: dict[str, dict[str, dict]], tokens: dict[str, dict[str, dict]] | None = None) -> str:
-    """Markdown table, one row per (data set, model): held-out token calibration, then MCQA calibration."""
+    """Markdown table, one row per (data set, model): held-out token calibration (every response token, then the
+    answer's own tokens and the EOS apart), then MCQA calibration."""
     from ..eval.aggregate import format_cell
 
     keys = ("accuracy", "confidence", "ece", "brier", "auroc")
     token_keys = ("accuracy", "confidence", "ece")
+    part_keys = ("accuracy", "ece")
     head = "| data | model | n | " + " | ".join(f"token {k}" for k in token_keys) + " | " + \
-        " | ".join(f"MCQA {k}" for k in keys) + " |"
-    lines = [head, "|---|---|---|" + "---|" * (len(keys) + len(token_keys))]
+        " | ".join(f"answer-token {k}" for k in part_keys) + " | " + " | ".join(f"EOS {k}" for k in part_keys) + \
+        " | " + " | ".join(f"MCQA {k}" for k in keys) + " |"
+    lines = [head, "|---|---|---|" + "---|" * (len(keys) + len(token_keys) + 2 * len(part_keys))]
     for data, per_model in summaries.items():
         for model, summary in per_model.items():
             t = (tokens or {}).get(data, {}).get(model, {}).get("chosen", {})
-            cells = [format_cell(t.get(k)) for k in token_keys] + [format_cell(summary.get(k)) for k in keys]
+            parts = t.get("parts", {})
+            cells = [format_cell(t.get(k)) for k in token_keys]
+            cells += [format_cell(parts.get(p, {}).get(k)) for p in ("answer", "eos") for k in part_keys]
+            cells += [format_cell(summary.get(k)) for k in keys]
             lines.append(f"| {data} | {model} | {summary['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+# The paired differences of the demo: (key, title), token columns first.
+DIFFERENCE_COLUMNS = (("token_ece", "token ECE"), ("token_accuracy", "token accuracy"),
+                      ("answer_token_ece", "answer-token ECE"), ("answer_token_accuracy", "answer-token accuracy"),
+                      ("ece", "MCQA ECE"), ("accuracy", "MCQA accuracy"), ("brier", "MCQA Brier"))
+
+
 def format_difference_table(comparisons: dict[str, dict[str, dict]]) -> str:
-    keys = ("token_ece", "token_accuracy", "ece", "accuracy", "brier")
-    lines = ["| data | difference | token ECE | token accuracy | MCQA ECE | MCQA accuracy | MCQA Brier |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| data | difference | " + " | ".join(title for _, title in DIFFERENCE_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(DIFFERENCE_COLUMNS)]
     for data, pairs in comparisons.items():
         for pair, entries in pairs.items():
             cells = []
-            for key in keys:
+            for key, _ in DIFFERENCE_COLUMNS:
                 e = entries.get(key)
                 cells.append("-" if e is None else f"{e['value']:+.3f}" + (
                     f" [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]" if "ci" in e else ""))
@@ -183,7 +194,7 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
     from ..eval.aggregate import summarize_results
     from ..eval.compare import compare_rows
     from .runner import ensure_writable
-    from ..eval.token import paired_token_difference, summarize_token_results
+    from ..eval.token import eos_token_id_of, paired_token_difference, summarize_token_results
 
     t0 = time.perf_counter()
     out = os.path.abspath(args.out)
@@ -234,10 +245,14 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
     for name, pairs in comparisons.items():
         for pair in pairs:
             a, b = pair.split("-")
-            for key, metric in (("token_ece", "ece"), ("token_accuracy", "accuracy")):
-                pairs[pair][key] = paired_token_difference(tokens[name][a], tokens[name][b], metric,
-                                                           n_bins=args.n_bins, n_resamples=args.bootstrap,
-                                                           seed=args.seed)
+            split = eos_token_id_of(tokens[name][a]) is not None
+            for key, metric, part in (("token_ece", "ece", None), ("token_accuracy", "accuracy", None),
+                                      ("answer_token_ece", "ece", "answer"),
+                                      ("answer_token_accuracy", "accuracy", "answer")):
+                if part is None or split:
+                    pairs[pair][key] = paired_token_difference(tokens[name][a], tokens[name][b], metric, part=part,
+                                                               n_bins=args.n_bins, n_resamples=args.bootstrap,
+                                                               seed=args.seed)
 
     # 4. Plots, JSON, table.
     plots = {}
@@ -275,8 +290,9 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
         "differences": comparisons, "plots": plots, "wall_seconds": time.perf_counter() - t0,
     }
     write_json_atomic(os.path.join(out, "demo_results.json"), payload)
-    print("\nToken columns: held-out answer tokens (the calibration CATTO trains). MCQA columns: option "
-          "probabilities of cloze scoring (a different quantity; see the README).\n")
+    print("\nToken columns: held-out answers' tokens (the calibration CATTO trains), every response token, then the "
+          "answer's own tokens and the EOS TRL appends apart. MCQA columns: option probabilities of cloze scoring (a "
+          "different quantity; see the README).\n")
     print(format_demo_table(summaries, token_summaries))
     print("\nPaired differences (95 % bootstrap intervals; negative ECE = better calibrated):\n"
           + format_difference_table(comparisons))

@@ -43,6 +43,10 @@ class CATTOConfig(DPOConfig):
             paper's DPO+BCE baseline).
         catto_sequences (`str`, *optional*, defaults to `"both"`):
             Whose response tokens enter the term: `"both"` (chosen and rejected) or `"chosen"`.
+        catto_exclude_eos (`bool`, *optional*, defaults to `False`):
+            Leave the EOS token (the tokenizer's `eos_token_id`, which TRL appends to every string completion) out of
+            the term and the `catto/*` metrics, so the term calibrates the answer's own tokens; the DPO loss is
+            unchanged.
         catto_chunk_size (`int`, *optional*, defaults to `1024`):
             Response tokens per tile of the fused LM-head pass. Smaller tiles use less memory (a tile holds
             `catto_chunk_size × 32768` float32 logits), larger ones fewer matrix multiplies.
@@ -84,6 +88,11 @@ class CATTOConfig(DPOConfig):
         default="both",
         metadata={"help": "Response tokens in the term: 'both' (chosen and rejected) or 'chosen'.",
                   "choices": list(SEQUENCES_CHOICES)},
+    )
+    catto_exclude_eos: bool = field(
+        default=False,
+        metadata={"help": "Leave the EOS token TRL appends to completions out of the term and the catto/* metrics "
+                          "(the term then calibrates the answer's own tokens); the DPO loss is unchanged."},
     )
     catto_chunk_size: int = field(
         default=1024,

@@ -21,6 +21,7 @@ from ..core.calibration import (
     calibration_term,
     ece_from_binned_counts,
 )
+from ..errors import ConfigError
 from .config import CATTOConfig
 from .fused_forward import add_catto_head
 
@@ -62,6 +63,16 @@ class _PolicyCall:
         if name.startswith("_"):  # our own attributes (and copy/pickle probes) never fall through
             raise AttributeError(name)
         return getattr(self._model, name)
+
+
+def _check_eos(args: CATTOConfig, processing_class) -> int | None:
+    """The EOS id `catto_exclude_eos` leaves out (a processor's tokenizer's); a one-line error when there is none."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if args.catto_exclude_eos and eos is None:
+        raise ConfigError("catto_exclude_eos=True, but the processing class has no eos_token_id to leave out. Fix: "
+                          "set the tokenizer's eos_token, or catto_exclude_eos=False.")
+    return eos
 
 
 class CATTODPOTrainer(DPOTrainer):
@@ -112,7 +123,11 @@ class CATTODPOTrainer(DPOTrainer):
                 f"`args` must be a `CATTOConfig`, got `{type(args).__name__}`. "
                 "`CATTOConfig.from_dpo_config(your_dpo_config, catto_alpha=...)` keeps every DPO setting."
             )
+        given = kwargs.get("processing_class", pargs[3] if len(pargs) > 3 else None)
+        if given is not None:  # before TRL's own data preparation, which also needs it
+            _check_eos(args, given)
         super().__init__(model, ref_model, args, *pargs, **kwargs)
+        self._catto_eos_id = _check_eos(args, self.processing_class)
         # Per-mode sums behind the catto/* metrics, accumulated over the logging window (see `log`).
         self._catto_sums = {"train": None, "eval": None}
         # Which pass computes the statistics: "fused" (with gradient, replaces TRL's LM-head kernel on the policy
@@ -158,6 +173,8 @@ class CATTODPOTrainer(DPOTrainer):
             n_chosen = shift_mask.size(0) // 2
             shift_mask = shift_mask.clone()
             shift_mask[n_chosen:] = False
+        if self.args.catto_exclude_eos:
+            shift_mask = shift_mask & (labels != self._catto_eos_id)
         args = self.args
         return calibration_term(
             labels, label_logp, top_logp, top_ids, shift_mask,
