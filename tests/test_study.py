@@ -354,3 +354,10 @@ def test_dry_run_differences_rule_and_tables(dry_run, tmp_path, study):
     assert (tmp_path / "summary.md").read_text() == summary
     assert json.loads((tmp_path / "study.json").read_text())["table"].keys() == {"base", "dpo", "catto_a1.0"}
     assert "| catto_a1.0-s0 vs dpo-s0 |" in summary and "| dpo | [0] |" in summary
+    # the answer's own tokens and the EOS apart: in the rows, the differences and the summary
+    row = study.rows_by_seed(metrics, arms, "id")["dpo"][0]
+    parts = metrics["dpo-s0"]["metrics"]["pooled_ood"]["token"]["chosen"]["parts"]
+    assert row["ood_answer_token_ece"] == parts["answer"]["ece"]["value"]
+    assert row["ood_eos_token_accuracy"] == parts["eos"]["accuracy"]["value"]
+    assert {"answer_token_ece", "answer_token_accuracy"} <= set(paired["catto_a1.0-s0 vs dpo-s0"]["ood"])
+    assert "## Answer tokens and the EOS apart" in summary

@@ -98,9 +98,10 @@ def comparisons(keys: list[str]) -> list[tuple[str, str]]:
 
 
 def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dict:
-    """`mcqa` and `tokens` are `{run key: {set: records}}`. Each pair of `comparisons` on the same items/pairs: ID and pooled OOD, paired bootstrap (MCQA: items; token:
-    pairs)."""
-    from ..eval.token import paired_token_difference
+    """`mcqa` and `tokens` are `{run key: {set: records}}`. Each pair of `comparisons` on the same items/pairs: ID
+    and pooled OOD, paired bootstrap (MCQA: items; token: pairs); the answer's own tokens apart where the records
+    name the EOS."""
+    from ..eval.token import eos_token_id_of, paired_token_difference
 
     ece15 = functools.partial(ece, n_bins=N_BINS)
 
@@ -131,6 +132,10 @@ def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int)
                 "token_accuracy": paired_token_difference(ta, tb, "accuracy", n_resamples=n_resamples),
                 "token_ece": paired_token_difference(ta, tb, "ece", n_bins=N_BINS, n_resamples=n_resamples),
             }
+            if eos_token_id_of(ta) is not None and eos_token_id_of(tb) is not None:
+                for metric in ("accuracy", "ece"):
+                    entry[group][f"answer_token_{metric}"] = paired_token_difference(
+                        ta, tb, metric, part="answer", n_bins=N_BINS, n_resamples=n_resamples)
         out[f"{key} vs {ref}"] = entry
     return out
 
@@ -143,6 +148,9 @@ TABLE_FIELDS = {
     "token_ece_mass": ("token", "ece_equal_mass", "value"),
     "token_ece_noise_floor": ("token", "ece", "noise_floor"),
     "mcqa_ece15_noise_floor": ("mcqa", "ece15", "noise_floor"),
+    # the answer's own tokens and the EOS apart (records that name the EOS id)
+    "answer_token_accuracy": ("token:answer", "accuracy", "value"), "answer_token_ece": ("token:answer", "ece", "value"),
+    "eos_token_accuracy": ("token:eos", "accuracy", "value"), "eos_token_ece": ("token:eos", "ece", "value"),
 }
 
 
@@ -152,9 +160,17 @@ def run_row(run: dict, id_name: str) -> dict:
     metrics = run["metrics"]
     for name, (kind, metric, sub) in TABLE_FIELDS.items():
         for scope, block in (("id", metrics["per_set"].get(id_name)), ("ood", metrics["pooled_ood"])):
-            if block:
-                node = block[kind] if kind == "mcqa" else block[kind]["chosen"]
-                row[f"{scope}_{name}"] = float(node[metric] if sub is None else node[metric][sub])
+            if not block:
+                continue
+            if kind == "mcqa":
+                node = block["mcqa"]
+            else:
+                node = block["token"]["chosen"]
+                if ":" in kind:  # a part: only where the records named the EOS
+                    node = node.get("parts", {}).get(kind.split(":")[1])
+                    if node is None:
+                        continue
+            row[f"{scope}_{name}"] = float(node[metric] if sub is None else node[metric][sub])
     return row
 
 
@@ -303,6 +319,17 @@ def summary_markdown(payload: dict) -> str:
             f"({f('ood_token_ece_debiased')}) | {f('ood_token_ece_noise_floor')} | {f('id_mcqa_accuracy')} | "
             f"{f('id_mcqa_ece15')} | {f('ood_mcqa_accuracy')} | {f('ood_mcqa_ece15')} ({f('ood_mcqa_ece15_debiased')})"
             f" | {f('ood_mcqa_ece15_noise_floor')} |")
+    if any("ood_answer_token_ece" in row for row in p["table"].values()):
+        lines += ["", "## Answer tokens and the EOS apart (means over seeds ± sd)", "",
+                  "| arm | ID answer-token acc | ID answer-token ECE | OOD answer-token acc | OOD answer-token ECE | "
+                  "ID EOS acc | ID EOS ECE | OOD EOS acc | OOD EOS ECE |", "|---|---|---|---|---|---|---|---|---|"]
+        for arm, row in p["table"].items():
+            def g(key, row=row):
+                if key not in row:
+                    return "-"
+                return f"{row[key]:.3f}" + (f" ± {row[key + '_sd']:.3f}" if len(row["seeds"]) > 1 else "")
+            lines.append(f"| {arm} | " + " | ".join(g(f"{scope}_{part}_token_{m}") for part in ("answer", "eos")
+                                                    for scope in ("id", "ood") for m in ("accuracy", "ece")) + " |")
     lines += ["", "## Paired differences (same items / pairs; 95 % paired bootstrap)", "",
               "| comparison | ID token ECE | ID token acc | OOD token ECE | OOD token acc | ID MCQA ECE | "
               "ID MCQA acc | OOD MCQA ECE | OOD MCQA acc |", "|---|---|---|---|---|---|---|---|---|"]
