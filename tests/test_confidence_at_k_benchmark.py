@@ -31,7 +31,8 @@ def test_confidence_at_k_dry_run_writes_every_key_and_resumes(tmp_path, mcqa_mod
             "per_item"} <= set(payload)
     assert payload["n_items"] == 8 and payload["config"]["ks"] == [1, 2, 3]
     assert set(payload["accuracy_vs_k"]) == {"letter", "full_vocab", "letter_temperature_scaled_2fold"}
-    assert all(set(c) == {"greedy", "majority", "best_logprob", "confidence"} for c in payload["accuracy_vs_k"].values())
+    curves = payload["accuracy_vs_k"]
+    assert all(set(c) == {"greedy", "majority", "best_logprob", "confidence"} for c in curves.values())
     assert len(payload["temperature_2fold"]) == 2 and all(t > 0 for t in payload["temperature_2fold"])
     timing = payload["timing"]
     assert timing["items_timed"] == 8 and timing["sample_generate_calls"] == 2 and timing["greedy_calls"] == 2
