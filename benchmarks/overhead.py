@@ -45,18 +45,20 @@ same positions and `catto_compact / dpo_compact` is the cost of the CATTO kernel
 SmolLM2-135M-Instruct, the CPU demo's model) with, under `--lora`, PEFT LoRA as in `recipes/demo/catto.yaml` (r 16,
 alpha 32, dropout 0, all-linear; no `ref_model`, so TRL's reference pass is the policy with its adapters disabled;
 the adapter is drawn after `torch.manual_seed(seed)` and checked identical across methods). Data: the first
-batch x (warmup + steps) valid CommonsenseQA train items (`--data`, a `catto.data.load_mcqa` spec) as cloze pairs
+batch x (warmup + steps) valid CommonsenseQA train items (`--data`, a `catto.data.load_mcqa` spec; by default the
+file under `catto.pipeline.assets.shared_data_dir()`) as cloze pairs
 (`catto.data.mcqa_to_preference`, one random wrong option per item, as `catto train` builds them), batch 8,
 `max_length` 256, `beta` 0.1, learning rate 5e-4, and for CATTO the demo's `catto_alpha` 0.3, confidence max, margin
 logit, loss l1, sequences both (`DEMO_*` below mirror the recipe). The sequences are short (about 30 tokens, 2-3
 response tokens), so TRL's CPU layout scores about 12x more LM-head positions than the response tokens.
 
 Rerun (about 2 minutes on 2 CPU cores at the defaults, about 3 with `--with-dpo-compact`; with catto installed,
-`pip install -e .`, or from the repository root with `PYTHONPATH=.`):
+`pip install -e .`; `$M` is the demo's SmolLM2, `catto.pipeline.assets.default_model_dir()`, made by `catto demo`):
 
     python benchmarks/overhead.py [--steps 8] [--warmup 2] [--out benchmarks/results/overhead.json]
                                   [--hidden 256 --layers 4 --vocab 32000 --seq 256 --batch 4] [--with-dpo-compact]
-    OMP_NUM_THREADS=1 python benchmarks/overhead.py --model ~/.cache/catto/models/SmolLM2-135M-Instruct --lora \
+    M=$(python -c "from catto.pipeline.assets import default_model_dir; print(default_model_dir())")
+    OMP_NUM_THREADS=1 python benchmarks/overhead.py --model $M --lora \
         --steps 8 --warmup 2 --mem-repeats 2 --with-dpo-compact --out benchmarks/results/overhead_smollm2_lora_cpu.json
 
 Prints a small table and writes (atomically) a JSON report with the configuration, per-step times and losses,
@@ -97,23 +99,21 @@ from transformers import PreTrainedTokenizerFast  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 import catto  # noqa: E402
-from catto import (  # noqa: E402
-    CATTOConfig,
-    CATTODPOTrainer,
-    synthetic,  # noqa: E402
-)
+from catto import CATTOConfig, CATTODPOTrainer  # noqa: E402
+from catto.data import synthetic  # noqa: E402
 from catto.data import load_mcqa  # noqa: E402
 from catto.data.pairs import mcqa_to_preference  # noqa: E402
 from catto.core.modeling import load_model_and_tokenizer  # noqa: E402
 from catto.io import write_json_atomic  # noqa: E402
 from catto.data.synthetic import SPECIAL, make_model  # noqa: E402
+from catto.pipeline.assets import default_model_dir, shared_data_dir  # noqa: E402
 
 # dpo_compact and catto_compact: opt-in controls (--with-dpo-compact, --with-catto-compact)
 METHODS = ("dpo", "catto", "dpo_compact", "catto_compact")
 EOS = "<eos>"
 
 # The CPU demo (recipes/demo/catto.yaml and its twin dpo.yaml), used with --model: its data, LoRA and catto settings.
-DEMO_DATA = "commonsense_qa:/work/shared/data/commonsense_qa/train_rand_split.jsonl"
+DEMO_DATA = f"commonsense_qa:{shared_data_dir() / 'commonsense_qa' / 'train_rand_split.jsonl'}"
 DEMO_LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"}
 DEMO_TRAINING = {"beta": 0.1, "learning_rate": 5.0e-4}
 DEMO_CATTO = {"catto_alpha": 0.3, "catto_confidence": "max", "catto_margin": "logit", "catto_loss_form": "l1",
@@ -695,7 +695,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (autocast; fp32 weights)")
     g = p.add_argument_group("real model (instead of the tiny random Llama; its size flags are then ignored)")
-    g.add_argument("--model", default=None, help="HF model folder (or hub id), e.g. the demo's SmolLM2-135M-Instruct")
+    g.add_argument("--model", default=None, help="HF model folder (or hub id), e.g. the demo's SmolLM2-135M-Instruct "
+                                                 f"({default_model_dir()}, catto.pipeline.assets)")
     g.add_argument("--lora", action="store_true",
                    help="LoRA r 16, alpha 32, dropout 0, all-linear (recipes/demo); reference = adapters disabled")
     g.add_argument("--data", default=DEMO_DATA, help="catto.data.load_mcqa spec of the MCQA items for the pairs")

