@@ -12,6 +12,7 @@ every arm):
     catto_a0.3_prob           margin prob (p_y - p_best_wrong) instead of logit
     catto_a0.3_nodetach       gradient through the surrogate target
     catto_a0.3_chosen         the term on chosen responses only
+    catto_a0.3_noeos          the EOS TRL appends left out of the term (`catto_exclude_eos`)
 
 Training pairs: CommonsenseQA train (`../shared/data/commonsense_qa/train_rand_split.jsonl`), cloze format (the
 answer text is the completion). Evaluation, per set, on the same `--eval-items` seeded-random items:
@@ -64,23 +65,14 @@ from pathlib import Path
 from catto.io import write_json_atomic
 from catto.pipeline import study_analysis as analysis
 from catto.pipeline.assets import default_model_dir, shared_data_dir
-from catto.pipeline.study import Arm, Study, StudySettings, sample_items
+from catto.pipeline.study import DEFAULT_DEMO_ARM, DEMO_ARMS, Study, StudySettings, sample_items
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The arms: the demo recipe (`recipes/demo/{dpo,catto}.yaml`) and the flags each adds; the model, data, steps and
-# seed are the same for every arm.
-ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("base"),
-    Arm("dpo", "demo/dpo"),
-    Arm("dpo_bce", "demo/catto", ("--catto_alpha", "0.3", "--catto_loss_form", "bce")),
-    *(Arm(f"catto_a{a}", "demo/catto", ("--catto_alpha", a)) for a in ("0.05", "0.1", "0.3", "1.0")),
-    Arm("catto_a0.3_prob", "demo/catto", ("--catto_alpha", "0.3", "--catto_margin", "prob")),
-    Arm("catto_a0.3_nodetach", "demo/catto", ("--catto_alpha", "0.3", "--catto_detach_target", "false")),
-    Arm("catto_a0.3_chosen", "demo/catto", ("--catto_alpha", "0.3", "--catto_sequences", "chosen")),
-)}
-# The arm that matches catto's current defaults (recipes: alpha 0.3, logit margin, detached target, both sequences).
-DEFAULT_ARM = "catto_a0.3"
+# The arms: the demo recipe (`recipes/demo/{dpo,catto}.yaml`) and the flags each adds, from the library's table; the
+# model, data, steps and seed are the same for every arm.
+ARMS = DEMO_ARMS
+DEFAULT_ARM = DEFAULT_DEMO_ARM
 
 
 def eval_specs(olmo_root: str) -> dict[str, tuple[str, str | None]]:

@@ -47,17 +47,12 @@ import time
 from pathlib import Path
 
 from catto.pipeline.assets import default_model_dir, shared_data_dir
-from catto.pipeline.study import Arm
+from catto.pipeline.study import DEMO_ARMS, Arm
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("sft", "feasibility", "train", "eval", "summary")
-# The arms (as in calibration_study.py): the demo recipe and the flags each adds; `letter_arm` adds the letter format.
-ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("dpo", "demo/dpo"),
-    Arm("catto_a0.3", "demo/catto", ("--catto_alpha", "0.3")),
-    Arm("catto_a1.0", "demo/catto", ("--catto_alpha", "1.0")),
-    Arm("dpo_bce", "demo/catto", ("--catto_alpha", "0.3", "--catto_loss_form", "bce")),
-)}
+# The arms: the library's table of arms on the demo recipe; `letter_arm` adds the letter format.
+ARMS = {name: arm for name, arm in DEMO_ARMS.items() if arm.trained}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -247,17 +242,14 @@ def run_training(args, sft_model: str) -> dict[str, tuple[str, str | None]]:
     """Train (or reuse) every arm and seed from the SFT model through the study pipeline (`catto.pipeline.study`:
     `catto train`'s code path, runs in `<out>/runs/<arm>-s<seed>`, reused when finished with the same arguments,
     resumed from a checkpoint when interrupted). Returns `{run key: (model, adapter)}` for the evaluation."""
-    from catto.pipeline.study import Study, StudySettings, sample_items
+    from catto.pipeline.study import Study, StudySettings
 
     # pairs from the items after the SFT ones (`mcqa_limit` counts from the start: skip by sampling a disjoint file)
     pair_spec = write_pair_items(args)
     settings = StudySettings(out=str(Path(args.out)), model=sft_model, train_data=pair_spec, train_split=None,
                              train_items=args.pair_items, steps=args.steps, per_device_train_batch_size=args.batch_size,
                              device=args.device)
-    # the sets `catto report` evaluates (a Study names its evaluation sets; the report samples the same items)
-    eval_sets = {name: sample_items(spec, split, args.eval_items, seed=0) for name, (spec, split) in
-                 eval_specs(args).items()}
-    study = Study(settings, eval_sets)
+    study = Study(settings)  # training only: each model is evaluated by `catto report` below
     runs = {}
     for arm in (letter_arm(ARMS[name], args.device) for name in args.arms.split(",")):
         for seed in [int(s) for s in args.seeds.split(",")]:

@@ -361,3 +361,14 @@ def test_dry_run_differences_rule_and_tables(dry_run, tmp_path, study):
     assert row["ood_eos_token_accuracy"] == parts["eos"]["accuracy"]["value"]
     assert {"answer_token_ece", "answer_token_accuracy"} <= set(paired["catto_a1.0-s0 vs dpo-s0"]["ood"])
     assert "## Answer tokens and the EOS apart" in summary
+
+
+def test_a_study_without_sets_trains_but_refuses_to_evaluate(dry_run):
+    from catto.errors import ConfigError
+    from catto.pipeline.study import Study
+
+    study, arms, _, _ = dry_run
+    trainer_only = Study(study.settings)
+    assert trainer_only.train(arms["dpo"], 0)["steps"] == 2  # the finished run, reused
+    with pytest.raises(ConfigError, match="no evaluation sets"):
+        trainer_only.evaluate(arms["base"], 0)

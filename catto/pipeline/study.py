@@ -63,6 +63,23 @@ class Arm:
         return self.recipe is not None
 
 
+# The arms of catto's studies on the demo recipes (`recipes/demo/{dpo,catto}.yaml`): each adds only the flags that
+# make it differ (the calibration study, the letter study and the demo name arms from here).
+DEMO_ARMS: dict[str, Arm] = {arm.name: arm for arm in (
+    Arm("base"),
+    Arm("dpo", "demo/dpo"),
+    Arm("dpo_bce", "demo/catto", ("--catto_alpha", "0.3", "--catto_loss_form", "bce")),
+    *(Arm(f"catto_a{a}", "demo/catto", ("--catto_alpha", a)) for a in ("0.05", "0.1", "0.3", "1.0")),
+    Arm("catto_a0.3_prob", "demo/catto", ("--catto_alpha", "0.3", "--catto_margin", "prob")),
+    Arm("catto_a0.3_nodetach", "demo/catto", ("--catto_alpha", "0.3", "--catto_detach_target", "false")),
+    Arm("catto_a0.3_chosen", "demo/catto", ("--catto_alpha", "0.3", "--catto_sequences", "chosen")),
+    Arm("catto_a0.3_noeos", "demo/catto", ("--catto_alpha", "0.3", "--catto_exclude_eos", "true")),
+)}
+# The arm that matches catto's recipe defaults for the demo model (alpha 0.3, L1, logit margin, detached target, both
+# sequences, the EOS included): a selection rule may confirm it but never "changes the defaults" to it.
+DEFAULT_DEMO_ARM = "catto_a0.3"
+
+
 @dataclass
 class StudySettings:
     """Everything an arm's training and evaluation share (each run adds only its arm's overrides and its seed)."""
@@ -133,15 +150,14 @@ class Study:
     """Trains and evaluates the arms of one study; see the module docstring.
 
     `eval_sets` maps a set's name to its items (MCQA items, in memory, the same for every arm) or an `EvalDataset`;
-    the first set is the in-distribution one for `catto.pipeline.study_analysis`.
+    the first set is the in-distribution one for `catto.pipeline.study_analysis`. A study that only trains (its
+    models are evaluated elsewhere, e.g. by `catto report`) needs none.
     """
 
-    def __init__(self, settings: StudySettings, eval_sets: Mapping[str, Sequence[Any] | EvalDataset]):
-        if not eval_sets:
-            raise ConfigError("a study needs at least one evaluation set. Fix: pass eval_sets={'name': items}.")
+    def __init__(self, settings: StudySettings, eval_sets: Mapping[str, Sequence[Any] | EvalDataset] | None = None):
         self.settings = settings
         self.eval_sets = {name: d if isinstance(d, EvalDataset) else EvalDataset.from_items(name, d)
-                          for name, d in eval_sets.items()}
+                          for name, d in (eval_sets or {}).items()}
 
     # -- layout --------------------------------------------------------------------------------------------------
     def key(self, arm: Arm, seed: int) -> str:
@@ -208,6 +224,9 @@ class Study:
 
     def evaluate(self, arm: Arm, seed: int) -> dict[str, dict[str, list]]:
         """Per method and set, the per-item records of the arm's trained model (cached and resumed by the runner)."""
+        if not self.eval_sets:
+            raise ConfigError("this study has no evaluation sets (it only trains). Fix: pass eval_sets={'name': items} "
+                              "to Study.")
         s = self.settings
         model, adapter = self.model_of(arm, seed)
         folder = self.eval_dir(arm, seed)
