@@ -10,13 +10,16 @@ from catto.data import MCQAItem
 from catto.eval.answer_parsing import ParsedAnswer
 from catto.eval.results import ResultsFile
 from catto.methods.confidence_at_k import (
+    Candidate,
     ConfidenceAtKConfig,
+    QuestionResult,
     TemperatureCalibrator,
     accuracy_vs_k,
     confidence_at_k,
     fit_calibrator,
     fit_temperature,
     mcqa_prompt,
+    select_all,
     select_by_score,
     select_majority,
 )
@@ -61,16 +64,51 @@ def test_confidence_at_k_beats_majority_and_greedy_when_calibrated_and_loses_whe
         assert mean < -3 * se, (mean, se)
 
 
+def _candidate(answer, confidence, logprob=-1.0):
+    return Candidate(text=str(answer), answer=answer, rule="x" if answer is not None else None, answer_token=0,
+                     confidence=confidence, confidence_source="letter", full_vocab_prob=confidence,
+                     label_logits=None, sequence_logprob=logprob, n_tokens=1)
+
+
 def test_expected_accuracy_of_confidence_at_k_is_the_mean_selected_confidence_when_calibrated():
-    # Calibration is what makes the selected confidence an accuracy estimate: E[correct | selected c] = c.
+    """catto's selection and accuracy-vs-k curves against numpy: Confidence@k takes the argmax confidence of the first
+    k candidates (earliest on ties), and its accuracy is that candidate's correctness. Calibration is what makes the
+    selected confidence an accuracy estimate: E[correct | selected c] = c."""
     rng = np.random.default_rng(1)
-    c = rng.uniform(size=(4000, 8))
+    n, k_max = 4000, 8
+    c = rng.uniform(size=(n, k_max))
     right = rng.random(c.shape) < c
-    idx = c.argmax(1)
-    acc = right[np.arange(len(c)), idx].mean()
-    expected = c.max(1).mean()
-    se = math.sqrt(expected * (1 - expected) / len(c))
+    # a wrong candidate names one of three distractors (1-3); gold is 0
+    answers = np.where(right, 0, rng.integers(1, 4, size=c.shape))
+    logprob = -rng.exponential(2.0, size=c.shape)  # sequence log-probabilities (<= 0)
+    ks = (1, 2, 4, 8)
+    results = []
+    for q in range(n):
+        cands = [_candidate(int(answers[q, j]), float(c[q, j]), float(logprob[q, j])) for j in range(k_max)]
+        results.append(QuestionResult(f"q{q}", 0, cands, None, select_all(cands, None, ks)))
+    curves = accuracy_vs_k(results, n_bins=10)
+    for k in ks:
+        idx = c[:, :k].argmax(1)  # numpy's argmax: the first maximum
+        for q in range(0, n, 97):
+            sel = results[q].selections["confidence"][k]
+            assert sel.candidate == idx[q] and sel.confidence == c[q, idx[q]] and sel.answer == answers[q, idx[q]]
+        acc = right[np.arange(n), idx].mean()
+        mean_conf = c[np.arange(n), idx].mean()
+        got = curves["confidence"][str(k)]
+        assert got["accuracy"] == pytest.approx(acc, abs=1e-12)
+        assert got["mean_confidence"] == pytest.approx(mean_conf, abs=1e-12)
+        assert got["answered"] == 1.0 and got["n"] == n
+        # best-of-k by sequence log-probability, reported at confidence exp(log-prob)
+        best = logprob[:, :k].argmax(1)
+        assert curves["best_logprob"][str(k)]["accuracy"] == pytest.approx(right[np.arange(n), best].mean(),
+                                                                          abs=1e-12)
+        assert curves["best_logprob"][str(k)]["mean_confidence"] == pytest.approx(
+            np.exp(logprob[np.arange(n), best]).mean(), rel=1e-12)
+    # calibrated candidates: the selected confidence estimates Confidence@k's accuracy
+    acc, expected = curves["confidence"]["8"]["accuracy"], curves["confidence"]["8"]["mean_confidence"]
+    se = math.sqrt(expected * (1 - expected) / n)
     assert abs(acc - expected) < 3 * se
+    assert curves["confidence"]["8"]["accuracy"] > curves["confidence"]["1"]["accuracy"] + 0.1  # k helps
 
 
 def test_ties_break_deterministically():

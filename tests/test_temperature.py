@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from posthoc_common import (
@@ -14,6 +15,7 @@ from posthoc_common import (
 )
 
 from catto.cli import main
+from catto.data import MCQAItem
 from catto.eval.results import ItemResult
 from catto.methods import load_evaluator
 from catto.methods.temperature import (
@@ -65,6 +67,68 @@ def test_config_errors_name_the_field():
         TemperatureScaling().fit(None, None, [toy_items(1)[0].__class__("x", "w1", ("w2", "w3"), gold=None)])
 
 
+def _by_hand(option_probs, temperature):
+    """softmax(log p / T) over each item's options, in numpy (independent of catto.methods.temperature)."""
+    out = []
+    for p in option_probs:
+        z = np.log(np.asarray(p, dtype=np.float64) / np.sum(p)) / temperature
+        e = np.exp(z - z.max())
+        out.append((e / e.sum()).tolist())
+    return out
+
+
+def _planted_results(n, sharpness, seed):
+    """Items whose gold is drawn from softmax(z) while the "scoring layer" reports softmax(sharpness * z): over-
+    confident for sharpness > 1, under-confident for sharpness < 1; the calibrating temperature is `sharpness`.
+    Option counts are mixed (3 and 4) to go through the padded path."""
+    rng = np.random.default_rng(seed)
+    items, results = [], {}
+    for i in range(n):
+        k = 3 if i % 3 == 0 else 4
+        z = rng.normal(size=k) * 2.0
+        truth = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        gold = int(rng.choice(k, p=truth))
+        shown = np.exp(sharpness * (z - z.max()))
+        shown /= shown.sum()
+        item = MCQAItem(f"p{seed}-{i}", "w1 w2", tuple(f"w{j + 3}" for j in range(k)), gold=gold)
+        pred = int(shown.argmax())
+        items.append(item)
+        results[item.id] = ItemResult(item.id, shown.tolist(), pred, float(shown[pred]), gold, pred == gold)
+    return items, results
+
+
+@pytest.mark.parametrize("sharpness", [3.0, 0.4])
+def test_planted_miscalibration_gives_t_on_the_right_side_of_one_and_softmax_of_log_p_over_t(monkeypatch,
+                                                                                              sharpness):
+    """Over-confident scores (sharpness 3) must be softened (T > 1), under-confident ones (0.4) sharpened (T < 1),
+    and `evaluate` must return softmax(log p / T) of the scoring layer's probabilities, recomputed here by hand."""
+    fit_items, fit_results = _planted_results(1500, sharpness, seed=11)
+    test_items, test_results = _planted_results(40, sharpness, seed=12)
+    planted = {**fit_results, **test_results}
+    monkeypatch.setattr(TemperatureConfig, "score", lambda self, model, tok, items, **kw: [planted[it.id]
+                                                                                          for it in items])
+    ts = TemperatureScaling().fit(None, None, fit_items)
+    if sharpness > 1:
+        assert ts.temperature > 1.5
+    else:
+        assert ts.temperature < 0.7
+    assert ts.temperature == pytest.approx(sharpness, rel=0.15)  # it recovers the planted miscalibration
+    out = ts.evaluate(None, None, test_items)
+    expected = _by_hand([test_results[it.id].option_probs for it in test_items], ts.temperature)
+    moved = []
+    for r, it, want in zip(out, test_items, expected):
+        raw = test_results[it.id]
+        assert len(r.option_probs) == len(raw.option_probs)
+        assert r.option_probs == pytest.approx(want, abs=1e-6)
+        assert r.prediction == raw.prediction and r.confidence == pytest.approx(want[raw.prediction], abs=1e-6)
+        assert r.extra["uncalibrated_probs"] == raw.option_probs
+        moved.append(max(abs(a - b) for a, b in zip(want, raw.option_probs)))
+    assert np.median(moved) > 0.02  # T really moves them: a T-free apply_temperature cannot pass the check above
+    # the held-out NLL improves over the uncalibrated probabilities (the point of fitting T)
+    nll = lambda rs: -np.mean([np.log(r.option_probs[it.gold]) for r, it in zip(rs, test_items)])  # noqa: E731
+    assert nll(out) < nll([test_results[it.id] for it in test_items])
+
+
 @pytest.mark.parametrize("scoring", ["letter", "cloze"])
 def test_fit_evaluate_save_reload_identical(tmp_path, scoring):
     model, tok = tiny_model_and_tokenizer()
@@ -74,6 +138,14 @@ def test_fit_evaluate_save_reload_identical(tmp_path, scoring):
     before = ts.evaluate(model, tok, items[12:])
     raw = ts.config.score(model, tok, items[12:])
     assert [r.prediction for r in before] == [r.prediction for r in raw]  # temperature never changes the argmax
+    # The evaluated probabilities are softmax(log p / T) of the scoring layer's, with the fitted T (a random model
+    # carries no signal about the labels, so T is far from 1 here: the check below tells T from no T).
+    assert abs(np.log(ts.temperature)) > 0.5
+    expected = _by_hand([r.option_probs for r in raw], ts.temperature)
+    for r, want, r0 in zip(before, expected, raw):
+        assert r.option_probs == pytest.approx(want, abs=1e-6)
+        assert r.confidence == pytest.approx(want[r.prediction], abs=1e-6)
+        assert max(abs(a - b) for a, b in zip(want, r0.option_probs)) > 1e-3  # differs from the uncalibrated
     ts.save(tmp_path / "ts")
     loaded = load_evaluator(tmp_path / "ts")
     assert isinstance(loaded, TemperatureScaling) and loaded.temperature == ts.temperature

@@ -14,6 +14,7 @@ from tiny import make_model, make_tokenizer, preference_dataset
 from catto.eval.token import (
     TokenEvalConfig,
     TokenPairResult,
+    TokenSequence,
     paired_token_difference,
     summarize_token_results,
     token_calibration,
@@ -191,16 +192,63 @@ def test_summary_matches_pooled_metrics_and_trainer_bins():
     assert s["ece"]["resampled"] == "groups" and s["ece"]["noise_floor"] > 0
 
 
-def test_paired_difference_is_zero_on_itself_and_signed():
+def _hand_pairs(chosen):
+    """TokenPairResults whose chosen sequences hold the given [(confidence, correct), ...] tokens."""
+    out = []
+    for i, tokens in enumerate(chosen):
+        seq = TokenSequence(token_ids=list(range(len(tokens))), confidence=[c for c, _ in tokens],
+                            correct=[ok for _, ok in tokens], label_prob=[c if ok else 0.1 for c, ok in tokens])
+        out.append(TokenPairResult(f"p{i}", seq, TokenSequence([0], [0.5], [False], [0.1])))
+    return out
+
+
+def _ece_by_hand(tokens, n_bins):
+    n = len(tokens)
+    total = 0.0
+    for b in range(n_bins):
+        members = [(c, ok) for c, ok in tokens if min(int(c * n_bins), n_bins - 1) == b]
+        total += abs(sum(ok for _, ok in members) - sum(c for c, _ in members)) / n
+    return total
+
+
+def test_paired_difference_of_two_known_runs_and_its_pairing():
+    # Two runs on the same three pairs (6 chosen tokens each), values chosen away from the bin edges (10 bins).
+    run_a = [[(0.93, True), (0.91, False)], [(0.62, True)], [(0.35, False), (0.33, True), (0.97, True)]]
+    run_b = [[(0.55, True), (0.58, False)], [(0.72, False)], [(0.41, True), (0.15, False), (0.88, True)]]
+    a, b = _hand_pairs(run_a), _hand_pairs(run_b)
+    tokens_a = [t for seq in run_a for t in seq]
+    tokens_b = [t for seq in run_b for t in seq]
+    ece_diff = _ece_by_hand(tokens_a, 10) - _ece_by_hand(tokens_b, 10)
+    # by hand, |#correct - sum of confidences| per bin over 6 tokens:
+    # a: bin 9 {0.93, 0.91, 0.97} |2 - 2.81|, bin 6 {0.62} |1 - 0.62|, bin 3 {0.35, 0.33} |1 - 0.68|
+    # b: bin 5 {0.55, 0.58} |1 - 1.13|, bin 7 {0.72} |0 - 0.72|, bin 4 {0.41} |1 - 0.41|, bin 1 {0.15}, bin 8 {0.88}
+    assert ece_diff == pytest.approx((0.81 + 0.38 + 0.32) / 6 - (0.13 + 0.72 + 0.59 + 0.15 + 0.12) / 6)
+    d = paired_token_difference(a, b, "ece", n_bins=10, n_resamples=0)
+    assert d["value"] == pytest.approx(ece_diff, abs=1e-12) and d["paired"]
+    d = paired_token_difference(a, b, "ece", n_bins=10, n_resamples=200)
+    assert d["value"] == pytest.approx(ece_diff, abs=1e-12)
+    acc = paired_token_difference(a, b, "accuracy", n_resamples=0)["value"]
+    assert acc == pytest.approx(4 / 6 - 3 / 6)
+    conf = paired_token_difference(b, a, "confidence", n_resamples=0)["value"]
+    assert conf == pytest.approx(np.mean([c for c, _ in tokens_b]) - np.mean([c for c, _ in tokens_a]))
+    # Paired: run c is run a with every chosen confidence lowered by 0.05, so every resample of the same pairs
+    # differs by exactly 0.05; an unpaired bootstrap (independent resamples per run) would spread the interval.
+    c = _hand_pairs([[(conf - 0.05, ok) for conf, ok in seq] for seq in run_a])
+    d = paired_token_difference(a, c, "confidence", n_resamples=300)
+    assert d["value"] == pytest.approx(0.05, abs=1e-12)
+    assert d["ci"] == pytest.approx([0.05, 0.05], abs=1e-12)
+    # the rejected role is a separate set of tokens
+    assert paired_token_difference(a, b, "confidence", role="rejected", n_resamples=0)["value"] == 0.0
+
+
+def test_paired_difference_on_two_models_is_signed():
     tokenizer = make_tokenizer()
     pairs = preference_dataset(12, seed=9)
     a = token_calibration(make_model(seed=1), tokenizer, pairs, progress=False)
     b = token_calibration(make_model(seed=2), tokenizer, pairs, progress=False)
-    same = paired_token_difference(a, a, "ece", n_resamples=50)
-    assert same["value"] == 0 and same["ci"] == [0.0, 0.0]
     d = paired_token_difference(a, b, "confidence", n_resamples=100)
     conf = lambda rs: np.mean([c for r in rs for c in r.chosen.confidence])  # noqa: E731
-    assert d["value"] == pytest.approx(conf(a) - conf(b))
+    assert abs(conf(a) - conf(b)) > 1e-4 and d["value"] == pytest.approx(conf(a) - conf(b))
     assert d["ci"][0] <= d["value"] <= d["ci"][1]
     with pytest.raises(ValueError, match="not in `b`"):
         paired_token_difference(a, b[:5], "ece")

@@ -140,6 +140,87 @@ def test_resume_callback_and_catto_eval(workspace):
     assert calib[-1]["eval_calibration/brier"] == pytest.approx(metrics["brier"]["value"], abs=1e-6)
 
 
+class _Interrupted(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_from_its_latest_checkpoint_to_the_uninterrupted_result(workspace, monkeypatch):
+    """A 4-step run saving every step, killed at the start of step 3 (after checkpoint-1 and -2 were written,
+    before the final model), is picked up by `train_run` from its latest checkpoint and trains only steps 3 and 4;
+    the final weights, every logged training loss and the calibration-eval curve equal an uninterrupted 4-step run
+    with the same arguments (fp32, CPU)."""
+    import catto.train.trainer as trainer_module
+    from transformers import TrainerCallback
+
+    from catto.train.runs import finished_run, latest_checkpoint, train_run
+
+    def argv(out):
+        return ["--config", str(workspace / "recipe.yaml"), "--output_dir", str(out), "--save_strategy", "steps",
+                "--save_steps", "1"]
+
+    straight = workspace / "straight"
+    train_run(argv(straight), str(straight))
+
+    class KillAtStepThree(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise _Interrupted("killed at the start of step 3")
+
+    class StepsRun(TrainerCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    real = trainer_module.CATTODPOTrainer
+
+    def with_callbacks(*callbacks):
+        class Patched(real):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                for callback in callbacks:
+                    self.add_callback(callback)
+        return Patched
+
+    interrupted = workspace / "interrupted"
+    first = StepsRun()
+    monkeypatch.setattr(trainer_module, "CATTODPOTrainer", with_callbacks(first, KillAtStepThree()))
+    with pytest.raises(_Interrupted):
+        train_run(argv(interrupted), str(interrupted))
+    assert first.steps == [1, 2]
+    assert not finished_run(str(interrupted)) and (interrupted / "checkpoint-1").is_dir()
+    assert latest_checkpoint(str(interrupted)) == str(interrupted / "checkpoint-2")
+    assert not (interrupted / "checkpoint-3").exists()
+
+    second = StepsRun()
+    monkeypatch.setattr(trainer_module, "CATTODPOTrainer", with_callbacks(second))
+    summary = train_run(argv(interrupted), str(interrupted))  # the same call again: resumes checkpoint-2
+    assert second.steps == [3, 4]  # it continued; it did not train the first two steps again
+    record = json.loads((interrupted / "catto_run.json").read_text())
+    assert record["resumed"] is True and summary["steps"] == 4 and finished_run(str(interrupted))
+    assert json.loads((straight / "catto_run.json").read_text())["resumed"] is False
+
+    w_straight = load_file(straight / "model.safetensors")
+    w_resumed = load_file(interrupted / "model.safetensors")
+    w_start = load_file(workspace / "model" / "model.safetensors")
+    assert w_straight.keys() == w_resumed.keys()
+    assert max((w_straight[k] - w_start[k]).abs().max().item() for k in w_straight) > 1e-3  # training moved them
+    for key in w_straight:
+        torch.testing.assert_close(w_resumed[key], w_straight[key], rtol=1e-5, atol=1e-6)
+    a, b = _train_logs(_history(straight)), _train_logs(_history(interrupted))
+    assert [h["step"] for h in a] == [h["step"] for h in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        for key in ("loss", "catto/calibration_loss", "catto/token_ece", "learning_rate"):
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), (x["step"], key)
+    # the calibration-eval callback's curve survives the interruption too (steps 0 and 2 before it, 4 after)
+    ca = [h for h in _history(straight) if "eval_calibration/ece" in h]
+    cb = [h for h in _history(interrupted) if "eval_calibration/ece" in h]
+    assert [h["step"] for h in ca] == [h["step"] for h in cb] == [0, 2, 4]
+    for x, y in zip(ca, cb):
+        assert y == pytest.approx(x, rel=1e-5, abs=1e-7)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: each fails before training, naming the problem and the fix.
 

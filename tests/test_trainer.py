@@ -30,21 +30,35 @@ def build(trainer_cls, tmp_path, tokenizer, *, peft=False, dataset=None, eval_da
                        eval_dataset=eval_dataset, processing_class=tokenizer, **kwargs)
 
 
+def first_rows(trainer, dataset=None, n=4):
+    """The tokenized dataset rows (prompt_ids, chosen_ids, rejected_ids) that `first_batch` collates."""
+    dataset = trainer.train_dataset if dataset is None else dataset
+    return [dataset[i] for i in range(n)]
+
+
 def first_batch(trainer):
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    batch = trainer.data_collator(first_rows(trainer))
     return trainer._prepare_inputs(batch)
 
 
-def full_logits_term(model, batch, **kw):
-    """The CATTO term from the model's own full logits and the reference implementation."""
-    model.to(batch["input_ids"].device)  # the trainer may have put the batch on an accelerator
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["input_ids"][:, 1:]
-    mask = batch["completion_mask"][:, 1:].bool()
-    if kw.pop("sequences", "both") == "chosen":
-        mask[mask.size(0) // 2:] = False
-    everything = torch.ones(int(mask.sum()), dtype=torch.bool, device=logits.device)
-    loss, *_ = reference_term(logits[mask], labels[mask], everything, **kw)
+def full_logits_term(model, rows, sequences="both", **kw):
+    """The CATTO term from the model's own full logits and the reference implementation, built from the dataset
+    rows themselves: each (prompt + chosen) and, unless `sequences="chosen"`, each (prompt + rejected) runs through
+    the model on its own, unpadded, and the term covers that completion's tokens. Nothing here depends on how the
+    trainer's collator lays chosen and rejected out in a batch."""
+    device = next(model.parameters()).device
+    roles = ("chosen",) if sequences == "chosen" else ("chosen", "rejected")
+    logits, labels = [], []
+    for row in rows:
+        for role in roles:
+            prompt, completion = list(row["prompt_ids"]), list(row[f"{role}_ids"])
+            ids = torch.tensor([prompt + completion], device=device)
+            out = model(input_ids=ids).logits[0]
+            logits.append(out[len(prompt) - 1: len(prompt) + len(completion) - 1])  # position t predicts token t + 1
+            labels.append(ids[0, len(prompt):])
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    everything = torch.ones(labels.numel(), dtype=torch.bool, device=device)
+    loss, *_ = reference_term(logits, labels, everything, **kw)
     return loss
 
 
@@ -84,7 +98,8 @@ def test_total_minus_dpo_is_alpha_times_term(tmp_path, tokenizer, confidence, ma
     total = catto.compute_loss(catto.model, batch)
     dpo_only = dpo.compute_loss(dpo.model, batch)
     # A fresh copy of the initial weights: deep copies of the trainers' models would share their patched forward.
-    term = full_logits_term(make_model(seed=0), batch, confidence=confidence, margin=margin, scale=1.5,
+    rows = first_rows(catto)
+    term = full_logits_term(make_model(seed=0), rows, confidence=confidence, margin=margin, scale=1.5,
                             detach=detach, loss_form=loss_form, sequences=sequences)
     assert (total - dpo_only).item() == pytest.approx(alpha * term.item(), abs=1e-5)
     catto.log({})
@@ -94,7 +109,7 @@ def test_total_minus_dpo_is_alpha_times_term(tmp_path, tokenizer, confidence, ma
     total.backward()
     dpo_only.backward()
     ref_model = make_model(seed=0)
-    term = full_logits_term(ref_model, batch, confidence=confidence, margin=margin, scale=1.5, detach=detach,
+    term = full_logits_term(ref_model, rows, confidence=confidence, margin=margin, scale=1.5, detach=detach,
                             loss_form=loss_form, sequences=sequences)
     term.backward()
     for (name, p), q, r in zip(catto.model.named_parameters(), dpo.model.parameters(), ref_model.parameters()):
@@ -106,15 +121,15 @@ def test_total_minus_dpo_is_alpha_times_term(tmp_path, tokenizer, confidence, ma
 def assert_term_is_the_policy_pass(trainer):
     """On a PEFT trainer whose adapters change the model: the logged term is the full-logits term of the adapted
     policy, not of the model with adapters disabled (the reference). Returns the loss, for a backward."""
-    model, batch = trainer.model, first_batch(trainer)
+    model, batch, rows = trainer.model, first_batch(trainer), first_rows(trainer)
     model.train()
     loss = trainer.compute_loss(model, batch)
     trainer.log({})
     logged = trainer.state.log_history[-1]["catto/calibration_loss"]
     with torch.no_grad():
-        policy_term = full_logits_term(model, batch)
+        policy_term = full_logits_term(model, rows)
         with model.disable_adapter():
-            reference_term_value = full_logits_term(model, batch)
+            reference_term_value = full_logits_term(model, rows)
     assert abs(policy_term - reference_term_value) > 1e-3
     assert logged == pytest.approx(policy_term.item(), abs=1e-5)
     return loss
@@ -186,14 +201,33 @@ def test_gradient_checkpointing_gives_the_same_loss(tmp_path, tokenizer):
 
 
 def test_eval_loop_logs_catto_metrics(tmp_path, tokenizer):
-    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=0.3,
-                    eval_dataset=preference_dataset(8, seed=5), eval_strategy="steps", eval_steps=3)
+    alpha = 0.3
+    eval_dataset = preference_dataset(8, seed=5)
+    # one eval batch: eval_loss is then that batch's loss, and the logged term the same batch's token mean
+    trainer = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=alpha, eval_dataset=eval_dataset,
+                    eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=8)
     trainer.train()
+    (during,) = [h for h in trainer.state.log_history if "eval_loss" in h]
     metrics = trainer.evaluate()
     for key in ("calibration_loss", "confidence", "target", "token_accuracy", "token_ece"):
         assert f"eval_catto/{key}" in metrics
-    # Eval does not train: the logged eval loss is DPO + alpha * term on the eval set.
-    assert metrics["eval_loss"] > 0
+    # The eval during training (after step 3, the last) saw the same weights.
+    assert during["step"] == 3 and during["eval_catto/calibration_loss"] == pytest.approx(
+        metrics["eval_catto/calibration_loss"], abs=1e-6)
+    assert during["eval_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-6)
+    # The logged term is the reference term of the trained weights on the eval rows.
+    trained = make_model(seed=0)
+    trained.load_state_dict(trainer.model.state_dict())
+    with torch.no_grad():
+        term = full_logits_term(trained, first_rows(trainer, trainer.eval_dataset, n=8)).item()
+    assert metrics["eval_catto/calibration_loss"] == pytest.approx(term, abs=1e-5)
+    # Eval does not train: the logged eval loss is DPO + alpha * term on the eval set, the DPO part from TRL's own
+    # DPOTrainer evaluating the same weights against the same reference model.
+    dpo = build(DPOTrainer, tmp_path, tokenizer, eval_dataset=eval_dataset, per_device_eval_batch_size=8)
+    dpo.model.load_state_dict(trainer.model.state_dict())
+    dpo_loss = dpo.evaluate()["eval_loss"]
+    assert alpha * term > 1e-2 and abs(metrics["eval_loss"] - dpo_loss) > 1e-2  # the term is visible in the loss
+    assert metrics["eval_loss"] == pytest.approx(dpo_loss + alpha * metrics["eval_catto/calibration_loss"], abs=1e-5)
 
 
 def test_eval_metrics_do_not_depend_on_the_eval_batch_size(tmp_path, tokenizer):
