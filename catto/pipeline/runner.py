@@ -230,8 +230,8 @@ def check_settings(folder: str, settings: Mapping[str, Any], *, overwrite: bool)
                 keys = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                 what = "results made with other " + ", ".join(
                     f"{k} ({_short(old.get(k))} there, {_short(settings.get(k))} now)" for k in keys)
-            raise ResumeMismatchError(f"{folder} holds {what}. Fix: pass a new --out, or --overwrite to replace "
-                                      "them.")
+            raise ResumeMismatchError(f"{folder} holds {what}. Fix: pass a new --out, or --overwrite_output_dir "
+                                      "to replace them.")
         for name in ("results.jsonl", SETTINGS_FILE):
             if os.path.exists(os.path.join(folder, name)):
                 os.remove(os.path.join(folder, name))
