@@ -223,7 +223,7 @@ def evaluate_run(key: str, adapter: str | None, args, items: dict, pairs: dict, 
     from catto.eval.scoring import ScoringConfig, score_items
     from catto.eval.token import TokenEvalConfig, token_calibration
 
-    model, tokenizer = load_trained_model(args.model, adapter, device="cpu")
+    model, tokenizer = load_trained_model(args.model, adapter, device="cpu", dtype="float32")
     scoring = ScoringConfig("cloze", cloze_normalization="char")
     mcqa, tokens = {}, {}
     for name in items:

@@ -101,7 +101,7 @@ def main() -> None:
     args = ap.parse_args()
 
     items = load_mcqa(args.data, limit=args.limit, seed=args.seed)
-    model, tok = load_model_and_tokenizer(args.model)
+    model, tok = load_model_and_tokenizer(args.model, dtype="float32")  # as the committed results were made
     config = ConfidenceAtKConfig(k=args.k, ks=tuple(range(1, args.k + 1)), temperature=args.temperature,
                                  max_new_tokens=args.max_new_tokens, chat_template=not args.no_chat_template,
                                  batch_size=args.batch_size, seed=args.seed)

