@@ -1,7 +1,7 @@
 """One name and one default per thing across `catto train`, `catto eval`, `catto report` and `catto demo`: each
 renamed flag works under its new name, and its old spelling still works for one release, printing one line that
 names the old flag, the new one and that the old one goes in the next release. Plus the shared defaults (model dtype
-"auto" for evaluation)."""
+"auto" for evaluation, 15 ECE bins)."""
 
 from __future__ import annotations
 
@@ -207,6 +207,29 @@ def test_gguf_conversion_records_float32(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "float32"
     model, _ = load_model_and_tokenizer(out, device="cpu")
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_fifteen_ece_bins_everywhere():
+    import inspect
+
+    from catto.core.calibration import binned_calibration_counts
+    from catto.pipeline.demo import DemoArguments
+    from catto.pipeline.runner import EvalArguments
+    from catto.train.callbacks import CalibrationEvalCallback
+    from catto.train.config import CATTOConfig
+    from catto.train.script import CATTOScriptArguments
+
+    def default(cls, name):
+        return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+
+    assert default(CATTOConfig, "catto_ece_bins") == 15
+    assert default(EvalArguments, "n_bins") == default(DemoArguments, "n_bins") == 15
+    assert default(CATTOScriptArguments, "calibration_eval_n_bins") == 15
+    assert inspect.signature(binned_calibration_counts).parameters["n_bins"].default == 15
+    assert inspect.signature(CalibrationEvalCallback).parameters["n_bins"].default == 15
+    counts = binned_calibration_counts(torch.tensor([0.05, 0.5, 1.0]), torch.tensor([1.0, 0.0, 1.0]),
+                                       torch.ones(3, dtype=torch.bool))
+    assert counts.shape == (3, 15)
 
 
 def test_scoring_batch_defaults_agree():

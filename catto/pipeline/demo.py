@@ -354,7 +354,7 @@ def run_synthetic_demo(args: DemoArguments) -> dict:
         "catto_version": __version__,
         "task": f"synthetic preference task, answer = first prompt word except {args.noise:.0%} random answers",
         "model": "tiny random Llama (hidden 32, 2 layers, 44-token vocabulary)",
-        "metrics_scope": "response tokens of chosen and rejected held-out sequences; token_ece: 10 equal-width bins "
+        "metrics_scope": "response tokens of chosen and rejected held-out sequences; token_ece: 15 equal-width bins "
                          "of the max next-token probability vs top-1 == token",
         "seed": args.seed,
         "runs": runs,
