@@ -41,10 +41,11 @@ from catto.methods.confidence_at_k import (  # noqa: E402
     QuestionResult,
     accuracy_vs_k,
     confidence_at_k,
-    fit_temperature,
+    pad_label_logits,
     parse_stats,
     select_all,
 )
+from catto.methods.temperature import fit_temperature  # noqa: E402
 
 DEFAULT_MODEL = "/root/.cache/catto/models/SmolLM2-135M-Instruct"
 
@@ -83,7 +84,7 @@ def _fit_t(results) -> float:
             if c is not None and c.label_logits is not None:
                 rows.append(c.label_logits)
                 labels.append(r.gold)
-    return fit_temperature(rows, labels)
+    return fit_temperature(*pad_label_logits(rows, labels))
 
 
 def main() -> None:

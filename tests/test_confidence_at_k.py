@@ -15,12 +15,13 @@ from catto.methods.confidence_at_k import (
     accuracy_vs_k,
     confidence_at_k,
     fit_calibrator,
-    fit_temperature,
     mcqa_prompt,
+    pad_label_logits,
     select_by_score,
     select_majority,
 )
 from catto.data.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+from catto.methods.temperature import fit_temperature
 
 # ----------------------------------------------------------------------------------------------------------------
 # selection logic on simulated candidates (no model)
@@ -87,10 +88,12 @@ def test_fit_temperature_recovers_the_generating_temperature():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(4000, 4, generator=gen) * 3
     labels = torch.multinomial((logits / 2.0).softmax(-1), 1, generator=gen)[:, 0]
-    t = fit_temperature(logits.tolist(), labels.tolist())
+    t = fit_temperature(*pad_label_logits(logits.tolist(), labels.tolist()))
     assert t == pytest.approx(2.0, rel=0.08)
     with pytest.raises(ValueError, match="one label per logit row"):
-        fit_temperature([[0.0, 1.0]], [])
+        pad_label_logits([[0.0, 1.0]], [])
+    with pytest.raises(ValueError, match="outside its row"):
+        pad_label_logits([[0.0, 1.0], [0.0, 1.0, 2.0]], [2, 0])
     with pytest.raises(ValueError, match="temperature"):
         TemperatureCalibrator(temperature=0.0)
 
