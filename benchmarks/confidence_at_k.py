@@ -148,7 +148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model, tok = load_model_and_tokenizer(args.model)
+    model, tok = load_model_and_tokenizer(args.model, dtype="float32")  # as the committed results were made
     config = ConfidenceAtKConfig(k=args.k, ks=tuple(range(1, args.k + 1)), temperature=args.temperature,
                                  max_new_tokens=args.max_new_tokens, chat_template=not args.no_chat_template,
                                  batch_size=args.batch_size, seed=args.seed)

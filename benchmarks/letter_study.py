@@ -179,7 +179,7 @@ def letter_scores(model_path: str, items: list, out: Path, args) -> dict:
     from catto.methods.scoring import ScoringMethod, ScoringMethodConfig
 
     eval_args = EvalArguments(model=model_path, data=["feasibility"], out=str(out), bootstrap=0, no_plots=True,
-                              no_progress=True, device=args.device)
+                              no_progress=True, device=args.device, dtype="float32")
     runner = EvalRunner(eval_args, datasets={"feasibility": EvalDataset.from_items("feasibility", items,
                                                                                   "feasibility items")})
     run = runner.run([MethodSpec("scoring", ScoringMethod, ScoringMethodConfig(scoring="letter"))],
@@ -296,7 +296,7 @@ def run_eval(args, models: dict[str, tuple[str, str | None]]) -> dict[str, dict]
             continue
         eval_args = EvalArguments(model=model, adapter=adapter, data=[s for s, _ in specs.values()], out=str(out),
                                   sample=args.eval_items, fit_first=args.fit_first, bootstrap=args.bootstrap,
-                                  device=args.device, no_progress=True, seed=0)
+                                  device=args.device, dtype="float32", no_progress=True, seed=0)
         report = ReportArguments(methods=args.methods, scoring="letter", batch_size=16, set=[
             f"confidence_at_k.k=[{ks}]", "confidence_at_k.max_new_tokens=4", "confidence_at_k.calibrate=false",
             "token.pair_format=\"letter\"", "coral.epochs=20"])

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         segments.append({"name": name, "spec": spec, "start": len(items), "n": len(part)})
         items.extend(part)
     t0 = time.perf_counter()
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype="float32")  # as the committed results were made
     load_s = time.perf_counter() - t0
 
     config = SECLConfig(target_for_all=True, report_base=True, lora_layers=args.lora_layers, seed=args.seed,

@@ -76,7 +76,7 @@ def _eval(ws, *extra, data=None):
     (["--limit", "-5"], ["--limit", "-5"]),
     (["--sample", "0"], ["--sample"]),
     (["--limit", "3", "--sample", "3"], ["--limit", "--sample"]),
-    (["--batch-size", "0"], ["batch_size", ">= 1"]),
+    (["--eval-batch-size", "0"], ["--eval_batch_size", ">= 1"]),
     (["--n-bins", "0"], ["--n-bins"]),
     (["--bootstrap", "-1"], ["--bootstrap"]),
     (["--fit-first", "0"], ["--fit-first"]),
@@ -193,7 +193,7 @@ def test_token_method_pair_problems(ws, capsys, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# catto eval: resuming never mixes settings, and nothing is overwritten without --overwrite
+# catto eval: resuming never mixes settings, and nothing is overwritten without --overwrite_output_dir
 
 
 def test_eval_resume_refuses_other_settings_and_keeps_the_results(ws, capsys, tmp_path):
@@ -203,7 +203,7 @@ def test_eval_resume_refuses_other_settings_and_keeps_the_results(ws, capsys, tm
     assert main(argv) == 0
     results = out / "mmlu-data" / "results.jsonl"
     before = results.read_text()
-    last = _refused(capsys, [*argv[:-1], "cloze"], "other config", '"cloze"', "--overwrite")
+    last = _refused(capsys, [*argv[:-1], "cloze"], "other config", '"cloze"', "--overwrite_output_dir")
     assert results.read_text() == before
     _refused(capsys, [*argv, "--dtype", "bfloat16"], "dtype")
     assert results.read_text() == before
@@ -219,9 +219,15 @@ def test_eval_resume_refuses_other_settings_and_keeps_the_results(ws, capsys, tm
     finally:
         os.replace(str(ws["data"]) + ".orig", ws["data"])
     # asked to, it starts over
-    assert main([*argv[:-1], "cloze", "--overwrite"]) == 0
+    assert main([*argv[:-1], "cloze", "--overwrite_output_dir"]) == 0
     assert results.read_text() != before and "cloze" in (results.parent / "settings.json").read_text()
     assert "letter" in last
+    # the old spelling still does, for one release, with one line naming the new one
+    capsys.readouterr()
+    assert main([*argv, "--overwrite"]) == 0
+    assert results.read_text() == before and "letter" in (results.parent / "settings.json").read_text()
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "deprecated" in x]
+    assert "--overwrite is deprecated" in line and "--overwrite_output_dir" in line
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,7 +245,7 @@ def test_eval_resume_refuses_other_settings_and_keeps_the_results(ws, capsys, tm
     (["--methods", "temperature"], ["temperature learns from labelled items", "--load NAME=DIR"]),
     (["--methods", "scoring", "--load-evaluator", "x"], ["--load NAME=DIR"]),
     (["--methods", "nope"], ["Unknown method 'nope'"]),
-    (["--methods", "scoring", "--batch-size", "0"], ["--batch-size"]),
+    (["--methods", "scoring", "--eval-batch-size", "0"], ["--eval_batch_size"]),
 ])
 def test_report_flags(ws, capsys, tmp_path, flags, needles):
     _refused(capsys, ["report", "--model", ws["model"], "--data", f"mmlu:{ws['data']}", "--out", str(tmp_path),
@@ -388,7 +394,8 @@ def test_a_job_error_is_the_commands_last_line(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("flags,needles", [
-    (["--alpha", "0"], ["--alpha must be > 0"]),
+    (["--catto_alpha", "0"], ["--catto_alpha must be > 0"]),
+    (["--alpha", "0"], ["--catto_alpha must be > 0"]),  # the deprecated spelling: the same check, the new name
     (["--eval-items", "0"], ["--eval-items"]),
     (["--noise", "1.5", "--synthetic"], ["--noise"]),
     (["--device", "tpu"], ["--device", "invalid choice"]),

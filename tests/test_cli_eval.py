@@ -25,7 +25,7 @@ def data_file(tmp_path_factory):
 def test_catto_eval_writes_results_metrics_and_plots(tmp_path, model_dir, data_file, scoring, capsys):
     out = tmp_path / "eval"
     argv = ["eval", "--model", model_dir, "--data", f"mmlu:{data_file}", "--scoring", scoring, "--out", str(out),
-            "--bootstrap", "50", "--batch-size", "4", "--no-progress", "--n-bins", "10", "--num-fewshot", "2"]
+            "--bootstrap", "50", "--eval-batch-size", "4", "--no-progress", "--n-bins", "10", "--num-fewshot", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| data | n |" in printed

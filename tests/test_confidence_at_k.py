@@ -17,13 +17,14 @@ from catto.methods.confidence_at_k import (
     accuracy_vs_k,
     confidence_at_k,
     fit_calibrator,
-    fit_temperature,
     mcqa_prompt,
     select_all,
+    pad_label_logits,
     select_by_score,
     select_majority,
 )
 from catto.data.synthetic import MCQA_VOCAB, make_model, make_tokenizer
+from catto.methods.temperature import fit_temperature
 
 # ----------------------------------------------------------------------------------------------------------------
 # selection logic on simulated candidates (no model)
@@ -125,10 +126,12 @@ def test_fit_temperature_recovers_the_generating_temperature():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(4000, 4, generator=gen) * 3
     labels = torch.multinomial((logits / 2.0).softmax(-1), 1, generator=gen)[:, 0]
-    t = fit_temperature(logits.tolist(), labels.tolist())
+    t = fit_temperature(*pad_label_logits(logits.tolist(), labels.tolist()))
     assert t == pytest.approx(2.0, rel=0.08)
     with pytest.raises(ValueError, match="one label per logit row"):
-        fit_temperature([[0.0, 1.0]], [])
+        pad_label_logits([[0.0, 1.0]], [])
+    with pytest.raises(ValueError, match="outside its row"):
+        pad_label_logits([[0.0, 1.0], [0.0, 1.0, 2.0]], [2, 0])
     with pytest.raises(ValueError, match="temperature"):
         TemperatureCalibrator(temperature=0.0)
 
@@ -391,9 +394,9 @@ def data_file(tmp_path_factory):
 def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, data_file, capsys, monkeypatch):
     out = tmp_path / "cak"
     argv = ["eval", "--method", "confidence_at_k", "--model", model_dir, "--data", f"mmlu:{data_file}",
-            "--k", "1,2,4", "--max-new-tokens", "4", "--temperature", "0.8", "--batch-size", "3", "--out", str(out),
-            "--bootstrap", "20", "--no-progress", "--n-bins", "10", "--calibrate-on", f"mmlu:{data_file}",
-            "--calibrate-limit", "4"]
+            "--k", "1,2,4", "--max-new-tokens", "4", "--temperature", "0.8", "--eval-batch-size", "3",
+            "--out", str(out), "--bootstrap", "20", "--no-progress", "--n-bins", "10",
+            "--calibrate-on", f"mmlu:{data_file}", "--calibrate-limit", "4"]
     assert main(argv) == 0
     assert "| confidence |" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
@@ -429,7 +432,8 @@ def test_catto_eval_confidence_at_k_end_to_end_and_resume(tmp_path, model_dir, d
     # A larger k would mix new samples with old ones: refused, naming what differs.
     assert main([*argv[:7], "--k", "1,2,8", *argv[9:]]) == 2
     err = capsys.readouterr().err
-    assert "other config" in err and "--overwrite" in err and (out / name / "results.jsonl").read_text() == before
+    assert "other config" in err and "--overwrite_output_dir" in err
+    assert (out / name / "results.jsonl").read_text() == before
 
 
 def test_catto_eval_rejects_bad_k(tmp_path, model_dir, data_file, capsys):

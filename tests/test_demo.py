@@ -36,8 +36,9 @@ def data(tmp_path_factory):
 def _argv(out, model_dir, data, *extra):
     train, other = data
     return ["demo", "--out", str(out), "--model", model_dir, "--train-data", train, "--train-split", "none",
-            "--eval-data", other, "--train-items", "12", "--eval-items", "6", "--steps", "2", "--batch-size", "2",
-            "--bootstrap", "50", "--no-download", "--device", "cpu", "--eval-batch-size", "4", *extra]
+            "--eval-data", other, "--train-items", "12", "--eval-items", "6", "--steps", "2",
+            "--per_device_train_batch_size", "2", "--bootstrap", "50", "--no-download", "--device", "cpu",
+            "--eval-batch-size", "4", *extra]
 
 
 def test_pipeline_end_to_end_on_a_tiny_model(tmp_path, model_dir, data, capsys, monkeypatch):
@@ -90,8 +91,8 @@ def test_pipeline_end_to_end_on_a_tiny_model(tmp_path, model_dir, data, capsys, 
 
 
 def test_bad_numbers_are_refused(tmp_path, model_dir, data, capsys):
-    assert main(_argv(tmp_path / "x", model_dir, data, "--alpha", "0")) == 2
-    assert "--alpha must be > 0" in capsys.readouterr().err
+    assert main(_argv(tmp_path / "x", model_dir, data, "--catto_alpha", "0")) == 2
+    assert "--catto_alpha must be > 0" in capsys.readouterr().err
     assert main(_argv(tmp_path / "y", model_dir, data, "--train-items", "20")) == 2
     err = capsys.readouterr().err
     assert "leaves no held-out items" in err and "Traceback" not in err
@@ -181,7 +182,7 @@ def test_full_demo_on_smollm2(tmp_path):
 def test_rerun_with_other_training_arguments_is_refused_then_overwritten(tmp_path, model_dir, data, capsys,
                                                                            monkeypatch):
     """A finished training is reused only for the same arguments: other ones are refused (nothing retrained or
-    lost), and retrained with --overwrite."""
+    lost), and retrained with --overwrite_output_dir."""
     monkeypatch.setenv("CATTO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     assert main(_argv(out, model_dir, data, "--eval-items", "2", "--bootstrap", "0")) == 0
@@ -190,7 +191,7 @@ def test_rerun_with_other_training_arguments_is_refused_then_overwritten(tmp_pat
             for i, a in enumerate(_argv(out, model_dir, data, "--eval-items", "2", "--bootstrap", "0"))]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "trained with other arguments" in err and "max_steps=3" in err and "--overwrite" in err
+    assert "trained with other arguments" in err and "max_steps=3" in err and "--overwrite_output_dir" in err
     assert os.path.getmtime(out / "dpo" / "adapter_model.safetensors") == stamp
-    assert main([*argv, "--overwrite"]) == 0
+    assert main([*argv, "--overwrite_output_dir"]) == 0
     assert json.loads((out / "demo_results.json").read_text())["runs"]["dpo"]["steps"] == 3

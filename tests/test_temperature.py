@@ -19,6 +19,7 @@ from catto.data import MCQAItem
 from catto.eval.results import ItemResult
 from catto.methods import load_evaluator
 from catto.methods.temperature import (
+    T_RANGE,
     TemperatureConfig,
     TemperatureScaling,
     fit_temperature,
@@ -162,3 +163,124 @@ def test_catto_eval_method_temperature(tmp_path):
     (ds,) = metrics["datasets"].values()
     assert ds["n_items"] == 8 and ds["evaluator"]["config"]["scoring"] == "cloze"
     assert ds["evaluator"]["temperature"] > 0 and ds["metrics"]["n"] == 8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one fit for both callers (temperature scaling and Confidence@k), one search range, a warning at its bounds
+
+
+def _bound_warnings(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if "fit_temperature" in line and "bound" in line]
+
+
+def test_one_search_range_for_both_callers():
+    import inspect
+
+    import catto.methods.confidence_at_k as cak
+
+    assert T_RANGE == (0.01, 100.0)
+    assert inspect.signature(fit_temperature).parameters["t_range"].default == T_RANGE
+    assert cak.fit_temperature is fit_temperature  # Confidence@k has no temperature fit of its own
+    assert not hasattr(cak, "T_RANGE")
+
+
+def test_warns_when_the_fit_ends_on_the_upper_bound(capsys):
+    # Every item has the same logits while the labels are spread evenly: the logits say nothing about the labels.
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0]] * 40, dtype=torch.float64)
+    labels = torch.arange(40) % 4
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(T_RANGE[1], rel=1e-6)
+    (line,) = _bound_warnings(capsys)
+    assert "T = 100" in line and "upper bound 100" in line and "nearly uniform" in line and "near chance" in line
+
+
+def test_warns_when_labels_are_independent_of_the_logits(capsys):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 4, generator=g, dtype=torch.float64) * 3
+    labels = torch.tensor([(int(row.argmax()) + 1 + i % 3) % 4 for i, row in enumerate(logits)])  # never the argmax
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(T_RANGE[1], rel=1e-6)
+    assert len(_bound_warnings(capsys)) == 1
+
+
+def test_warns_when_the_fit_ends_on_the_lower_bound(capsys):
+    logits = torch.tensor([[1.0, 0.0, -1.0]] * 10, dtype=torch.float64)
+    t = fit_temperature(logits, torch.zeros(10, dtype=torch.long))  # every item right: NLL falls as T shrinks
+    assert t == pytest.approx(T_RANGE[0], rel=1e-6)
+    (line,) = _bound_warnings(capsys)
+    assert "lower bound 0.01" in line and "nearly 0 or 1" in line
+
+
+def test_no_warning_for_an_ordinary_fit(capsys):
+    logits, labels = _sample(2.0, n=500)
+    assert 1.5 < fit_temperature(logits, labels) < 2.7
+    assert not _bound_warnings(capsys)
+
+
+def _ragged_data(n=300, t_true=1.8, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    rows, labels = [], []
+    for i in range(n):
+        k = 3 + i % 3  # three, four and five options mixed
+        row = torch.randn(k, generator=g, dtype=torch.float64) * 3
+        rows.append(row.tolist())
+        labels.append(int(torch.multinomial((row / t_true).softmax(-1), 1, generator=g)))
+    return rows, labels
+
+
+def _scipy_temperature(rows, labels) -> float:
+    """An independent fit: scipy's bounded scalar minimisation of the mean NLL over log T in the same range."""
+    import numpy as np
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    arrays = [np.asarray(r) for r in rows]
+
+    def nll(log_t):
+        t = np.exp(log_t)
+        return float(np.mean([logsumexp(a / t) - a[y] / t for a, y in zip(arrays, labels)]))
+
+    res = minimize_scalar(nll, bounds=(np.log(T_RANGE[0]), np.log(T_RANGE[1])), method="bounded",
+                          options={"xatol": 1e-10})
+    return float(np.exp(res.x))
+
+
+def test_both_callers_match_an_independent_fit(monkeypatch, capsys):
+    from catto.data import MCQAItem
+    from catto.methods.confidence_at_k import Candidate, QuestionResult, fit_calibrator
+
+    rows, labels = _ragged_data()
+    reference = _scipy_temperature(rows, labels)
+    assert 1.2 < reference < 2.5
+    # temperature scaling: the scoring layer's option probabilities of labelled items
+    items = [MCQAItem(f"q{i}", "w1 w2", tuple(f"w{j + 3}" for j in range(len(r))), gold=y)
+             for i, (r, y) in enumerate(zip(rows, labels))]
+    scored = []
+    for item, r in zip(items, rows):
+        p = torch.tensor(r, dtype=torch.float64).softmax(-1)
+        pred = int(p.argmax())
+        scored.append(ItemResult(item.id, p.tolist(), pred, float(p[pred]), item.gold, pred == item.gold))
+    ts = TemperatureScaling()
+    monkeypatch.setattr(ts.config, "score", lambda *args, **kwargs: scored)
+    t_scaling = ts.fit(None, None, items).temperature
+    # Confidence@k: the answer-step label logits of each question's candidates
+    results = [QuestionResult(f"q{i}", y, [Candidate("x", int(torch.tensor(r).argmax()), "letter", 0, None, None,
+                                                     None, r, 0.0, 1)], None, {})
+               for i, (r, y) in enumerate(zip(rows, labels))]
+    calibrator = fit_calibrator(results)
+    assert calibrator.n_fit == len(rows)
+    assert t_scaling == pytest.approx(reference, abs=1e-3)
+    assert calibrator.temperature == pytest.approx(reference, abs=1e-3)
+    assert not _bound_warnings(capsys)
+
+
+def test_confidence_at_k_fit_at_the_bound_says_so(capsys):
+    """The case that went unnoticed: a Confidence@k fold whose label logits carry no signal ends on T = 100."""
+    from catto.methods.confidence_at_k import Candidate, QuestionResult, fit_calibrator
+
+    results = [QuestionResult(f"q{i}", i % 4, [Candidate("x", 0, "letter", 0, None, None, None,
+                                                         [2.0, 0.5, 0.0, -1.0], 0.0, 1)], None, {})
+               for i in range(20)]
+    assert fit_calibrator(results).temperature == pytest.approx(100.0, rel=1e-6)
+    (line,) = _bound_warnings(capsys)
+    assert "upper bound 100" in line

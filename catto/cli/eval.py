@@ -1,7 +1,7 @@
 """`catto eval --method NAME`: parse `EvalArguments` + the method's config dataclass, run `catto.pipeline.runner.run_eval`.
 
 The method is read first (`--method`, default `scoring`) so that its config fields become flags (`catto eval
---method coral --help` lists them). A field both share (`--seed`, `--batch-size`, ...) is one flag.
+--method coral --help` lists them). A field both share (`--seed`, `--eval_batch_size`, ...) is one flag.
 """
 
 from __future__ import annotations

@@ -148,9 +148,10 @@ def calibration_term(
 
 
 def binned_calibration_counts(
-    confidence: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor, n_bins: int = 10
+    confidence: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor, n_bins: int = 15
 ) -> torch.Tensor:
-    """Per-bin `[count, sum of confidence, sum of correct]` (shape `(3, n_bins)`) over equal-width bins of [0, 1].
+    """Per-bin `[count, sum of confidence, sum of correct]` (shape `(3, n_bins)`) over equal-width bins of [0, 1]
+    (15 by default, as every ECE catto reports).
 
     Sums rather than means so that counts from several micro-batches or ranks add up before the ECE is taken.
     A confidence of exactly 1 falls in the last bin.

@@ -9,7 +9,9 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# "auto": the checkpoint's own dtype (its config.json's `dtype`, else its weights'; float32 for a GGUF file), as
+# transformers' `from_pretrained(dtype="auto")`.
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -42,15 +44,16 @@ def check_model_folder(path: str, gguf_file: str | None = None) -> None:
                              "into the folder too (tokenizer.save_pretrained(path)).")
 
 
-def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", device: str = "auto",
+def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "auto", device: str = "auto",
                              gguf_file: str | None = None, trust_remote_code: bool = False,
                              adapter: str | None = None):
     """`(model, tokenizer)` in eval mode on `device`; the tokenizer gets a pad token (EOS) if it has none.
 
     `name_or_path` is a hub id or a local folder; with `gguf_file` the weights come from that GGUF file inside the
-    folder (transformers de-quantises it; needs the `gguf` package). `adapter` is a PEFT adapter folder put on top
-    (a LoRA run of `catto train`). Any failure to load is a `ModelLoadError` (an `OSError`) naming the model and the
-    usual fixes.
+    folder (transformers de-quantises it; needs the `gguf` package). `dtype` is `"auto"` (the checkpoint's own dtype,
+    recorded in its config.json; float32 for a GGUF file) or float32, bfloat16, float16. `adapter` is a PEFT
+    adapter folder put on top (a LoRA run of `catto train`). Any failure to load is a `ModelLoadError` (an
+    `OSError`) naming the model and the usual fixes.
 
     Example (needs the hub or a local copy)::
 
@@ -87,7 +90,7 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype: str = "float32", devic
     return model, tokenizer
 
 
-def load_trained_model(base: str, run_dir: str | None = None, *, device: str = "auto", dtype: str = "float32"):
+def load_trained_model(base: str, run_dir: str | None = None, *, device: str = "auto", dtype: str = "auto"):
     """The model a `catto train` run produced: `base` with the run's LoRA adapter, or the run's own folder when it
     holds a full fine-tune (no adapter_config.json); `base` itself when `run_dir` is None."""
     if run_dir is None:
@@ -98,8 +101,9 @@ def load_trained_model(base: str, run_dir: str | None = None, *, device: str = "
 
 
 def gguf_to_hf_folder(folder: str, gguf_file: str, out_dir: str) -> str:
-    """Convert a GGUF checkpoint into an ordinary Hugging Face folder (float32) that every catto path and other
-    tools (lm-eval, TRL) load by path. Returns `out_dir`; does nothing if it already holds a converted model.
+    """Convert a GGUF checkpoint into an ordinary Hugging Face folder (float32, recorded as its `dtype` in config.json,
+    so `dtype="auto"` loads it in float32) that every catto path and other tools (lm-eval, TRL) load by path.
+    Returns `out_dir`; does nothing if it already holds a converted model.
 
     transformers de-quantises GGUF on load but refuses to `save_pretrained` such a model, so a fresh model is built
     from its config without the GGUF quantization entry and given the loaded weights.
@@ -114,6 +118,7 @@ def gguf_to_hf_folder(folder: str, gguf_file: str, out_dir: str) -> str:
     config_dict.pop("quantization_config", None)
     config = AutoConfig.for_model(**config_dict)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.config.dtype = torch.float32  # what `dtype="auto"` reads back: the de-quantised weights are float32
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     model.tie_weights()
     missing = [k for k in missing if not (config.tie_word_embeddings and k.endswith("lm_head.weight"))]

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..io import atomic_write, write_json_atomic  # noqa: F401  (write_json_atomic: catto <= 0.1 path)
+from ..io import atomic_write
 
 
 @dataclass

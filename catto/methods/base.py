@@ -86,6 +86,14 @@ def get_method_class(name: str) -> type[Evaluator]:
     return METHODS[name]
 
 
+#: The command-line spelling of a method config's `batch_size` field (the evaluation batch: items, option sequences
+#: or sequences per forward): `catto eval` / `catto report --eval_batch_size`, the name `catto demo` uses for the same
+#: batch (`--batch_size` is ambiguous next to `catto train`'s `--per_device_train_batch_size`). `--batch_size` /
+#: `--batch-size` still work for one release, with a deprecation line. The field itself keeps the name `batch_size`
+#: (the Python API of every method, saved evaluators and the settings.json a resumed run is compared with).
+EVAL_BATCH_SIZE_FLAG = {"flag": "eval_batch_size", "deprecated_aliases": ["--batch_size", "--batch-size"]}
+
+
 @dataclasses.dataclass
 class EvaluatorConfig:
     """Base config: subclasses add their fields (each with `metadata={"help": ...}`) and validate them."""
@@ -108,7 +116,7 @@ class ScoringFields(EvaluatorConfig):
     chat_template: bool = dataclasses.field(default=False, metadata={"help": "Wrap letter prompts in the chat "
                                                                                "template."})
     batch_size: int = dataclasses.field(default=16, metadata={"help": "Items (letter) or option sequences (cloze) "
-                                                                      "per forward."})
+                                                                      "per forward.", **EVAL_BATCH_SIZE_FLAG})
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORING_MODES:
@@ -117,7 +125,7 @@ class ScoringFields(EvaluatorConfig):
             raise ConfigError(f"`cloze_normalization` must be one of {list(CLOZE_NORMALIZATIONS)}, got "
                               f"{self.cloze_normalization!r}.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"`batch_size` must be an integer >= 1, got {self.batch_size!r}.")
+            raise ConfigError(f"`batch_size` (--eval_batch_size) must be an integer >= 1, got {self.batch_size!r}.")
 
     def scoring_config(self, num_fewshot: int = 0) -> ScoringConfig:
         return ScoringConfig(self.scoring, cloze_normalization=self.cloze_normalization,

@@ -63,12 +63,11 @@ from ..data.prompts import LetterFormat, apply_chat_template
 from ..eval.answer_parsing import ParsedAnswer, parse_answer
 from ..eval.results import ItemResult
 from ..eval.scoring import left_padded_batch
-from .base import Evaluator, register_method
-from .temperature import fit_temperature as fit_padded_temperature
+from .base import EVAL_BATCH_SIZE_FLAG, Evaluator, register_method
+from .temperature import fit_temperature
 
 CONFIDENCE_KINDS = ("letter", "full_vocab", "sequence")
 SELECTORS = ("greedy", "majority", "best_logprob", "confidence")
-T_RANGE = (0.01, 100.0)
 Parser = Callable[[str, "MCQAItem | None"], "ParsedAnswer | None"]
 
 
@@ -118,8 +117,9 @@ class ConfidenceAtKConfig:
         "Text the MCQA prompt ends with, right before the answer (kept after the chat template's generation prompt)."))
     letter_format: LetterFormat = field(default=LetterFormat(), metadata={
         "help": "How MCQA prompts are rendered (Python API only).", "cli": False})
-    batch_size: int = field(default=4, metadata=_help(
-        "Questions per generate call (each becomes k rows; raw logits of batch_size * k rows are kept per step)."))
+    batch_size: int = field(default=4, metadata={**_help(
+        "Questions per generate call (each becomes k rows; raw logits of batch_size * k rows are kept per step)."),
+        **EVAL_BATCH_SIZE_FLAG})
     seed: int = field(default=0, metadata=_help("Sampling seed (combined with each batch's item ids)."))
     calibrate: bool = field(default=True, metadata=_help(
         "Whether `fit` (labelled items from --fit-data / --fit-first / --calibrate-on) fits a temperature to the letter "
@@ -155,7 +155,7 @@ class ConfidenceAtKConfig:
         if self.confidence not in CONFIDENCE_KINDS:
             raise ValueError(f"`confidence` must be one of {list(CONFIDENCE_KINDS)}, got {self.confidence!r}.")
         if self.batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size!r}.")
+            raise ValueError(f"`batch_size` (--eval_batch_size) must be >= 1, got {self.batch_size!r}.")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -317,30 +317,29 @@ def select_all(candidates: Sequence[Candidate], greedy: Candidate | None, ks: Se
 # post-hoc temperature scaling
 
 
-def fit_temperature(label_logits: Sequence[Sequence[float]], labels: Sequence[int], max_iter: int = 100) -> float:
-    """The temperature T > 0 minimising the NLL of `labels` under softmax(logits / T) (L-BFGS on log T).
+def pad_label_logits(label_logits: Sequence[Sequence[float]],
+                     labels: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged rows of label logits (one per candidate, as many as its item has options) and their gold labels as the
+    `(N, K_max)` float64 logits padded with -inf and the `(N,)` labels that `catto.methods.temperature.fit_temperature`
+    (catto's one temperature fit, and its search range) takes.
 
-    Rows may have different lengths (ragged option counts); they are padded with -inf and fitted by
-    `catto.methods.temperature.fit_temperature` within `T_RANGE` (0.01-100): logits with no signal about the labels
-    (a model at chance) drive T to the top of the range, i.e. uniform confidences.
-
-    >>> t = fit_temperature([[4.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 0.0]], [0, 1, 1, 0])
-    >>> t > 1  # overconfident logits (3/4 right at ~98 %) get softened
-    True
+    >>> z, y = pad_label_logits([[4.0, 0.0], [1.0, 2.0, 3.0]], [0, 2])
+    >>> z.tolist(), y.tolist()
+    ([[4.0, 0.0, -inf], [1.0, 2.0, 3.0]], [0, 2])
     """
     if len(label_logits) != len(labels) or not labels:
-        raise ValueError(f"fit_temperature needs one label per logit row and at least one row; got "
+        raise ValueError(f"fitting a temperature needs one label per logit row and at least one row; got "
                          f"{len(label_logits)} rows and {len(labels)} labels.")
     width = max(len(r) for r in label_logits)
     z = torch.full((len(labels), width), -torch.inf, dtype=torch.float64)
     for i, row in enumerate(label_logits):
         z[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
     y = torch.tensor(labels, dtype=torch.long)
-    if not torch.isfinite(z.gather(1, y[:, None])).all() or (y < 0).any():
-        raise ValueError("fit_temperature: a label points outside its row of logits.")
+    if (y < 0).any() or (y >= width).any() or not torch.isfinite(z.gather(1, y[:, None])).all():
+        raise ValueError("fitting a temperature: a label points outside its row of logits.")
     if not torch.isfinite(z[z != -torch.inf]).all():
-        raise ValueError("fit_temperature: the logits contain NaN/inf.")
-    return fit_padded_temperature(z, y, max_iter, t_range=T_RANGE)
+        raise ValueError("fitting a temperature: the logits contain NaN/inf.")
+    return z, y
 
 
 @dataclass(frozen=True)
@@ -356,7 +355,8 @@ class TemperatureCalibrator:
 
 
 def fit_calibrator(results: Sequence[QuestionResult]) -> TemperatureCalibrator:
-    """Fit T on every parsed candidate (samples and greedy) of labelled `results` that has label logits."""
+    """Fit T on every parsed candidate (samples and greedy) of labelled `results` that has label logits, with
+    `catto.methods.temperature.fit_temperature` (the temperature method's fit and search range)."""
     rows, labels = [], []
     for r in results:
         if r.gold is None:
@@ -368,7 +368,7 @@ def fit_calibrator(results: Sequence[QuestionResult]) -> TemperatureCalibrator:
     if not rows:
         raise ValueError("No labelled candidate with label logits to fit the temperature on: the calibration items "
                          "need gold labels and parseable letter answers (confidence='letter').")
-    return TemperatureCalibrator(fit_temperature(rows, labels), len(rows))
+    return TemperatureCalibrator(fit_temperature(*pad_label_logits(rows, labels)), len(rows))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ One temperature T, fitted by minimising the NLL of the gold option on labelled i
 option log-probabilities from the scoring layer (letter or cloze, `scoring`): p' = softmax(log p / T). T > 1
 softens over-confident probabilities; the argmax (hence accuracy) never changes.
 
+`fit_temperature` is catto's one temperature fit: Confidence@k (`catto.methods.confidence_at_k.fit_calibrator`)
+fits its answer-step label logits with it too, in the same search range `T_RANGE`, and a fit that ends on a bound of
+the range says so in one logged line.
+
 Example:
     >>> import torch
     >>> logits = torch.randn(400, 4, generator=torch.Generator().manual_seed(0)) * 3
@@ -21,9 +25,17 @@ from typing import Any
 
 import torch
 
+from .._logging import get_logger
 from ..data.items import MCQAItem
 from ..eval.results import ItemResult
 from .base import Evaluator, ScoringFields, register_method
+
+logger = get_logger(__name__)
+
+#: The search range of every temperature fit (T in [0.01, 100]).
+T_RANGE = (0.01, 100.0)
+#: A fitted log T this close to log of a bound counts as on the bound (the fit is clamped there).
+_BOUND_TOLERANCE = 1e-3
 
 
 def padded_log_probs(results: Sequence[ItemResult]) -> torch.Tensor:
@@ -37,11 +49,14 @@ def padded_log_probs(results: Sequence[ItemResult]) -> torch.Tensor:
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100,
-                    t_range: tuple[float, float] = (math.exp(-7), math.exp(7))) -> float:
+                    t_range: tuple[float, float] = T_RANGE) -> float:
     """The T in `t_range` minimising mean NLL of `labels` under softmax(logits / T) (LBFGS on log T, from T = 1).
 
-    `logits` may hold -inf for absent options. The result never has a higher NLL than T = 1. Logits with no signal
-    about the labels drive T to the top of `t_range` (uniform confidences).
+    `logits` is (N, K) and may hold -inf for absent options (items with fewer options). The result never has a
+    higher NLL than T = 1. When it ends on a bound of `t_range` a one-line warning says so: at the top, the logits
+    carry (almost) no information about the labels (a model near chance; the calibrated confidences are nearly
+    uniform); at the bottom, the top option is right on every fit row (the confidences become nearly 0/1). Either
+    way the optimum may lie beyond the bound.
     """
     logits = torch.as_tensor(logits, dtype=torch.float64)
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -71,9 +86,31 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     opt.step(closure)
     with torch.no_grad():
         fitted = log_t.clamp(lo, hi)
+        # The NLL is convex in 1/T, so a bound with a lower NLL than where LBFGS stopped (it stops in the flat tail
+        # of an optimum beyond the range, e.g. near T = 0.05 when every item is confidently right) is the minimiser.
+        for bound in (lo, hi):
+            bound = torch.tensor(bound, dtype=torch.float64)
+            if nll(bound) < nll(fitted) - 1e-12:
+                fitted = bound
         if not torch.isfinite(nll(fitted)) or nll(fitted) > nll(torch.zeros((), dtype=torch.float64)):
             fitted = torch.zeros((), dtype=torch.float64)
-    return float(fitted.exp())
+    temperature = float(fitted.exp())
+    _warn_at_bound(temperature, t_range, len(labels))
+    return temperature
+
+
+def _warn_at_bound(temperature: float, t_range: tuple[float, float], n: int) -> None:
+    low, high = t_range
+    if abs(math.log(temperature) - math.log(high)) <= _BOUND_TOLERANCE:
+        logger.warning(f"fit_temperature: T = {temperature:.4g} is at the upper bound {high:g} of the search range "
+                       f"[{low:g}, {high:g}] ({n} labelled rows): the logits carry almost no information about the "
+                       "labels (the model is near chance on them), so the calibrated confidences are "
+                       "nearly uniform; or the bound is too tight.")
+    elif abs(math.log(temperature) - math.log(low)) <= _BOUND_TOLERANCE:
+        logger.warning(f"fit_temperature: T = {temperature:.4g} is at the lower bound {low:g} of the search range "
+                       f"[{low:g}, {high:g}] ({n} labelled rows): the top option is right on every fit row, so "
+                       "the calibrated confidences are nearly 0 or 1 (fit on more, or harder, items); or the bound "
+                       "is too tight.")
 
 
 def apply_temperature(result: ItemResult, temperature: float, method: str = "temperature") -> ItemResult:

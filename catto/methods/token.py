@@ -34,7 +34,7 @@ from ..eval.token import (
     token_calibration,
     token_curves,
 )
-from .base import Evaluator, EvaluatorConfig, register_method
+from .base import EVAL_BATCH_SIZE_FLAG, Evaluator, EvaluatorConfig, register_method
 
 PAIR_FORMATS = ("cloze", "letter")
 
@@ -54,7 +54,8 @@ class TokenMethodConfig(EvaluatorConfig):
                 "token); False scores the answer tokens only."})
     max_length: int = dataclasses.field(default=1024, metadata={
         "help": "Truncate prompt + response to this many tokens, keeping the start (DPOConfig.max_length)."})
-    batch_size: int = dataclasses.field(default=8, metadata={"help": "Sequences per forward pass."})
+    batch_size: int = dataclasses.field(default=8, metadata={"help": "Sequences per forward pass.",
+                                                             **EVAL_BATCH_SIZE_FLAG})
     seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the rejected-option draw of MCQA pairs."})
 
     def __post_init__(self) -> None:
@@ -63,7 +64,8 @@ class TokenMethodConfig(EvaluatorConfig):
         for name, low in (("max_length", 2), ("batch_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
-                raise ConfigError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+                flag = f" (--{EVAL_BATCH_SIZE_FLAG['flag']})" if name == "batch_size" else ""
+                raise ConfigError(f"`{name}`{flag} must be an integer >= {low}, got {value!r}.")
 
     def token_eval_config(self) -> TokenEvalConfig:
         return TokenEvalConfig(max_length=self.max_length, include_eos=self.include_eos, batch_size=self.batch_size)

