@@ -3,24 +3,13 @@ evaluation runner, the JSON keeps its keys, and a second invocation generates no
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-from posthoc_common import write_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from posthoc_common import load_benchmark, write_dataset
 
 
 def test_confidence_at_k_dry_run_writes_every_key_and_resumes(tmp_path, mcqa_model_dir):
-    script = load_script("confidence_at_k")
+    script = load_benchmark("confidence_at_k")
     out = tmp_path / "cak.json"
     argv = ["--model", mcqa_model_dir, "--data", write_dataset(tmp_path / "data.jsonl", 8), "--limit", "8",
             "--k", "3", "--max-new-tokens", "3", "--batch-size", "4", "--no-chat-template", "--out", str(out)]

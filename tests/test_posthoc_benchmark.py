@@ -3,22 +3,11 @@ keeps its keys, and a second invocation reuses the per-item scoring results inst
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-from posthoc_common import write_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from posthoc_common import load_benchmark, write_dataset
 
 
 @pytest.fixture
@@ -38,7 +27,7 @@ def scored(monkeypatch):
 
 
 def test_posthoc_dry_run_writes_every_key_and_resumes(tmp_path, mcqa_model_dir, scored):
-    script = load_script("posthoc_evaluators")
+    script = load_benchmark("posthoc_evaluators")
     out = tmp_path / "posthoc.json"
     argv = ["--model", mcqa_model_dir, "--fit-data", f"toy={write_dataset(tmp_path / 'fit.jsonl', 36)}",
             "--transfer", f"a={write_dataset(tmp_path / 'a.jsonl', 24, 1)}",
