@@ -48,6 +48,13 @@ class CATTOConfig(DPOConfig):
             Leave the EOS token (the tokenizer's `eos_token_id`, which TRL appends to every string completion) out of
             the term and the `catto/*` metrics, so the term calibrates the answer's own tokens; the DPO loss is
             unchanged.
+        prefix_sharing (`bool`, *optional*, defaults to `False`):
+            Run each preference pair as one sequence, `prompt + chosen + rejected`, with a mask in which rejected tokens
+            never see chosen ones and position ids that continue from the prompt for both (the prompt is computed once,
+            in the policy and in the reference pass), and score only response positions through the LM head in
+            every pass. Same per-token values as without it, up to float rounding. Needs sdpa or eager attention and
+            `truncation_mode="keep_start"`; off by default, so that `catto_alpha=0` stays bit-identical to
+            [`~trl.DPOTrainer`].
         catto_chunk_size (`int`, *optional*, defaults to `1024`):
             Response tokens per tile of the fused LM-head pass. Smaller tiles use less memory (a tile holds
             `catto_chunk_size × 32768` float32 logits), larger ones fewer matrix multiplies.
@@ -94,6 +101,12 @@ class CATTOConfig(DPOConfig):
         default=False,
         metadata={"help": "Leave the EOS token TRL appends to completions out of the term and the catto/* metrics "
                           "(the term then calibrates the answer's own tokens); the DPO loss is unchanged."},
+    )
+    prefix_sharing: bool = field(
+        default=False,
+        metadata={"help": "Run each pair as one prompt + chosen + rejected sequence (the prompt computed once, rejected "
+                          "never seeing chosen) and score only response positions through the LM head; same values up "
+                          "to float rounding. Needs sdpa or eager attention and truncation_mode keep_start."},
     )
     catto_chunk_size: int = field(
         default=1024,

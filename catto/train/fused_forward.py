@@ -63,12 +63,19 @@ def add_catto_head(
     outputs: tuple[str, ...] = ("log_probs", "entropy", "mean_logits", "is_top1"),
     token_chunk_size: int = 1024,
     vocab_chunk_size: int = DEFAULT_VOCAB_CHUNK_SIZE,
+    compact: bool = False,
 ) -> None:
     """Wrap the forward that `trl.trainer.utils.add_fused_lm_head` installed on `model` with the CATTO statistics.
 
     Call it on the same module TRL patched (the base model under PEFT). `outputs` are TRL's per-token outputs the
-    trainer asked TRL for; the fused path computes the same ones.
+    trainer asked TRL for; the fused path computes the same ones. With `compact`, fused calls without `catto_stats`
+    (reference passes, plain DPO) also go through this module's kernel over the response positions only, where TRL's
+    own head scores every position on devices without Triton (CPU).
     """
+    # Whether a call without `catto_stats` (the reference pass, plain DPO) also scores only the response positions,
+    # through this module's kernel (prefix sharing turns it on; off, such calls stay TRL's own, bit for bit). Read
+    # at call time, so a later `add_catto_head(..., compact=True)` on an already wrapped model takes effect.
+    model._catto_compact = compact or getattr(model, "_catto_compact", False)
     # A second trainer on the same model makes TRL wrap the current forward again; ours must then go on top once
     # more (the older wrapper, called without `catto_stats`, just passes through).
     if getattr(getattr(model.forward, "__func__", None), "_catto_wrapper", False):
@@ -105,7 +112,9 @@ def add_catto_head(
         if kwargs.get("fused_lm_head"):
             unshard_fsdp_head(self)  # also for TRL's own fused pass (catto_alpha=0), which has the same flaw
         if catto_stats is None:
-            return trl_forward(*args, **kwargs)
+            if not (self._catto_compact and kwargs.get("fused_lm_head") and kwargs.get("labels") is not None):
+                return trl_forward(*args, **kwargs)
+            catto_stats = "fused"  # the same outputs TRL returns, from the response positions only
         if catto_stats not in CATTO_STATS_MODES:
             raise ValueError(f"catto_stats must be one of {CATTO_STATS_MODES}, got {catto_stats!r}.")
         if not kwargs.get("fused_lm_head") or kwargs.get("labels") is None:

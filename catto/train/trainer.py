@@ -24,6 +24,7 @@ from ..core.calibration import (
 from ..errors import ConfigError
 from .config import CATTOConfig
 from .fused_forward import add_catto_head
+from .prefix_sharing import PrefixSharingCollator, check_prefix_sharing, share_backbone
 
 if is_peft_available():
     from peft import PeftModel
@@ -140,11 +141,55 @@ class CATTODPOTrainer(DPOTrainer):
             self._catto_mode = None
         # Also without statistics (mode None): the wrapper gathers an LM head that is an FSDP2 unit of its own before
         # TRL's fused pass reads it (`fused_head.unshard_fsdp_head`), and otherwise passes TRL's calls through.
+        add_catto_head(self._policy_module(), outputs=self._policy_outputs(), token_chunk_size=args.catto_chunk_size,
+                       compact=args.prefix_sharing)
+        if args.prefix_sharing:
+            self._install_prefix_sharing()
+            if self._catto_mode == "detached":
+                # the statistics come from the policy's one compact pass: logging them with catto_alpha=0 costs no
+                # second LM-head pass (the term is still not added to the loss)
+                self._catto_mode = "fused"
+
+    def _policy_module(self):
+        """The module TRL patched with its fused LM head (the base model under PEFT)."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    def _policy_outputs(self) -> tuple[str, ...]:
+        """TRL's per-token outputs of the policy pass (those TRL 1.16 asks its own fused head for)."""
         outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
-        if self.use_weighting:
-            outputs += ("log_sum_sq_probs",)
-        policy = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-        add_catto_head(policy, outputs=outputs, token_chunk_size=args.catto_chunk_size)
+        return outputs + ("log_sum_sq_probs",) if self.use_weighting else outputs
+
+    def _install_prefix_sharing(self) -> None:
+        """Prefix sharing (`catto.train.prefix_sharing`): the collator adds the shared layout; the policy's and the
+        reference model's decoders run it; every fused LM-head call scores only response positions. Runs once,
+        before the first forward (TRL's reference precompute happens inside its constructor: see
+        `_precompute_ref_logps`)."""
+        if getattr(self, "_catto_sharing_installed", False):
+            return
+        check_prefix_sharing(self.args, self.model)
+        if not isinstance(self.data_collator, PrefixSharingCollator):
+            pad = getattr(self.data_collator, "pad_token_id", None)
+            if pad is None:
+                pad = self.processing_class.pad_token_id
+            self.data_collator = PrefixSharingCollator(self.data_collator, pad_token_id=pad,
+                                                       max_length=self.args.max_length,
+                                                       pad_to_multiple_of=getattr(self.data_collator,
+                                                                                  "pad_to_multiple_of", None))
+        policy = self._policy_module()
+        add_catto_head(policy, outputs=self._policy_outputs(), token_chunk_size=self.args.catto_chunk_size,
+                       compact=True)
+        share_backbone(policy)
+        if self.ref_model is not None:
+            ref = self.accelerator.unwrap_model(self.ref_model)
+            add_catto_head(ref, outputs=("log_probs",), token_chunk_size=self.args.catto_chunk_size, compact=True)
+            share_backbone(ref)
+        self._catto_sharing_installed = True
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL precomputes the reference log-probs inside its constructor, before ours has run: share them too.
+        if self.args.prefix_sharing:
+            self._install_prefix_sharing()
+        return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._catto_mode is None:
@@ -155,7 +200,7 @@ class CATTODPOTrainer(DPOTrainer):
         if policy_call.outputs is None:  # pragma: no cover - guards against a TRL refactor
             raise RuntimeError("The DPO policy pass did not go through `model(..., fused_lm_head=True)`.")
         term = self._catto_term(policy_call.outputs, inputs)
-        if self._catto_mode == "fused":
+        if self._catto_mode == "fused" and self.args.catto_enabled:
             loss = loss + self.args.catto_alpha * term.loss
         self._log_catto_metrics(term, policy_call.outputs, inputs)
         return (loss, result[1]) if return_outputs else loss
