@@ -38,6 +38,7 @@ def parse():
     p.add_argument("--tied", action="store_true")
     p.add_argument("--lora", action="store_true")
     p.add_argument("--gc", action="store_true", help="gradient checkpointing")
+    p.add_argument("--prefix-sharing", action="store_true", help="CATTOConfig(prefix_sharing=True)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--ga", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
@@ -105,7 +106,8 @@ def main():
     model = make_model("llama", seed=0, tie_word_embeddings=args.tied)
     ref_model = None if args.lora else copy.deepcopy(model)
     config_cls = CATTOConfig
-    kwargs = dict(catto_alpha=args.alpha, catto_log_metrics=not args.no_catto_metrics)
+    kwargs = dict(catto_alpha=args.alpha, catto_log_metrics=not args.no_catto_metrics,
+                  prefix_sharing=args.prefix_sharing)
     if args.trainer == "trl":
         from trl import DPOConfig, DPOTrainer
 

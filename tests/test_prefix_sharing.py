@@ -114,7 +114,7 @@ def test_same_loss_gradients_and_metrics_as_two_rows(tmp_path, tokenizer, arch, 
 def test_the_sliding_window_is_kept(tmp_path, tokenizer):
     """Gemma 3's sliding layers need a mask of their own: a window shorter than the shared row changes the values,
     and the shared path still equals two rows (above); here: without the window the values would differ."""
-    from catto.train.prefix_sharing import backend_mask, shared_layout
+    from catto.core.prefix_sharing import backend_mask, shared_layout
 
     model = gemma3()
     model.config._attn_implementation = "eager"  # additive float masks: 0 where a key is seen

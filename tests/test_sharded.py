@@ -68,17 +68,19 @@ def launch_prefix(layout: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
-    """`run(layout, trainer=..., alpha=..., tied=..., lora=..., gc=..., metrics=...)` -> (report, weights), cached."""
+    """`run(layout, trainer=..., alpha=..., tied=..., lora=..., gc=..., metrics=..., sharing=...)` -> (report,
+    weights), cached."""
     root = tmp_path_factory.mktemp("sharded")
 
     @functools.cache
-    def _run(layout, trainer="catto", alpha=ALPHA, tied=False, lora=False, gc=False, metrics=True):
+    def _run(layout, trainer="catto", alpha=ALPHA, tied=False, lora=False, gc=False, metrics=True, sharing=False):
         name = (f"{layout}-{trainer}-a{alpha}-{'tied' if tied else 'untied'}{'-lora' if lora else ''}"
-                f"{'-gc' if gc else ''}{'' if metrics else '-nometrics'}")
+                f"{'-gc' if gc else ''}{'' if metrics else '-nometrics'}{'-shared' if sharing else ''}")
         out = str(root / name)
         flags = ["--layout", layout, "--trainer", trainer, "--alpha", str(alpha), "--steps", str(STEPS),
                  "--batch", "2", "--ga", "2" if layout == "single" else "1"]
         flags += ["--tied"] * tied + ["--lora"] * lora + ["--gc"] * gc + ["--no-catto-metrics"] * (not metrics)
+        flags += ["--prefix-sharing"] * sharing
         proc = subprocess.run([*launch_prefix(layout), os.path.join(HERE, "sharded_step.py"), out, *flags],
                               env=ENV, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -197,3 +199,18 @@ def test_zero3_with_lora_or_gradient_checkpointing(run, option):
     if option == "lora":
         assert all("lora_" in k for k in dist[1] if "lora" in k) and any("lora_B" in k for k in dist[1])
     assert_same_training(dist, single)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prefix_sharing_sharded_equals_one_process(run, layout):
+    """Prefix sharing on: the sharded engines still train exactly like one process, and one process trains like
+    it does without sharing (the same per-token values, up to float rounding)."""
+    dist, single = run(layout, sharing=True), run("single", sharing=True)
+    assert_layout(dist[0], layout, tied=False)
+    assert_same_training(dist, single)
+    plain = run("single")
+    for a, b in zip(steps(single[0]), steps(plain[0])):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"],
+                                                                                                  rel=1e-5)
+    for key, value in plain[1].items():
+        torch.testing.assert_close(single[1][key], value, rtol=0, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")

@@ -129,22 +129,52 @@ def test_equals_the_trainers_logged_metrics(tmp_path):
     assert metrics["eval_catto/token_accuracy"] == pytest.approx(np.mean(corr), abs=1e-6)
 
 
-def test_resume_scores_only_missing_pairs(tmp_path):
+@pytest.mark.parametrize("sharing", [True, False])
+def test_resume_scores_only_missing_pairs(tmp_path, sharing):
     tokenizer = make_tokenizer()
     model = make_model(seed=7)
     pairs = preference_dataset(6, seed=5)
     path = tmp_path / "results.jsonl"
-    first = token_calibration(model, tokenizer, list(pairs)[:3], results_path=path, progress=False)
+    config = TokenEvalConfig(batch_size=16, prefix_sharing=sharing)
+    first = token_calibration(model, tokenizer, list(pairs)[:3], results_path=path, config=config, progress=False)
     calls = []
     model.model.register_forward_hook(lambda m, i, o: calls.append(o.last_hidden_state.shape[0]))
-    full = token_calibration(model, tokenizer, pairs, results_path=path, config=TokenEvalConfig(batch_size=16),
-                             progress=False)
-    assert sum(calls) == 6  # three new pairs, two sequences each
+    full = token_calibration(model, tokenizer, pairs, results_path=path, config=config, progress=False)
+    rows = 3 if sharing else 6  # three new pairs: one shared row each, or two sequences each
+    assert sum(calls) == rows
     assert [r.to_json() for r in full[:3]] == [r.to_json() for r in first]
     lines = path.read_text().splitlines()
     assert len(lines) == 6 and TokenPairResult.from_dict(json.loads(lines[0])).id == "0"
-    again = token_calibration(model, tokenizer, pairs, results_path=path, progress=False)
-    assert sum(calls) == 6 and [r.to_json() for r in again] == [r.to_json() for r in full]
+    again = token_calibration(model, tokenizer, pairs, results_path=path, config=config, progress=False)
+    assert sum(calls) == rows and [r.to_json() for r in again] == [r.to_json() for r in full]
+
+
+@pytest.mark.parametrize("arch,attention", [("llama", "eager"), ("llama", "sdpa"), ("qwen2", "sdpa"),
+                                            ("gemma3", "eager"), ("gemma3", "sdpa")])
+@pytest.mark.parametrize("options", [{}, {"max_length": 42}, {"include_eos": False}])
+def test_prefix_sharing_scores_what_two_rows_score(arch, attention, options):
+    """One row per pair gives every pair the same per-token values as two rows (prompts of 2 and 40 words, answers
+    of 1 to 4; with max_length 42 the long-prompt answers are cut; Gemma 3 with a sliding window shorter than the
+    rows)."""
+    from datasets import Dataset
+    from test_prefix_sharing import model_for
+
+    rows = [{"id": str(i), "prompt": " ".join(f"w{(i + j) % 40}" for j in range(40 if i % 2 else 2)),
+             "chosen": " " + " ".join(f"w{(3 * i + j) % 40}" for j in range(1 + i % 4)),
+             "rejected": " " + " ".join(f"w{(5 * i + j + 1) % 40}" for j in range(1 + (i + 2) % 3))} for i in range(8)]
+    model = model_for(arch, attention, seed=2)
+    tokenizer = make_tokenizer()
+    results = {sharing: token_calibration(model, tokenizer, Dataset.from_list(rows), progress=False,
+                                          config=TokenEvalConfig(prefix_sharing=sharing, batch_size=3, **options))
+               for sharing in (True, False)}
+    for a, b in zip(results[True], results[False]):
+        assert a.id == b.id and a.truncated == b.truncated
+        for role in ("chosen", "rejected"):
+            sa, sb = a.sequence(role), b.sequence(role)
+            assert sa.token_ids == sb.token_ids and sa.correct == sb.correct
+            assert np.allclose(sa.confidence, sb.confidence, atol=1e-5)
+            assert np.allclose(sa.label_prob, sb.label_prob, atol=1e-5)
+    assert any(r.truncated for r in results[True]) == ("max_length" in options)
 
 
 def test_bad_pairs():

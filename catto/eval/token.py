@@ -102,6 +102,9 @@ class TokenEvalConfig:
     include_eos: bool = True
     batch_size: int = 8
     token_chunk_size: int = 1024
+    # One row per pair, prompt + chosen + rejected (the prompt computed once; rejected never sees chosen): the same
+    # values up to float rounding. Falls back to two rows where the attention backend cannot take the mask.
+    prefix_sharing: bool = True
 
     def __post_init__(self) -> None:
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
@@ -160,6 +163,14 @@ def tokenize_pair(tokenizer, row: Mapping[str, Any]) -> tuple[list[int], list[in
 
 # ----------------------------------------------------------------------------------------------------------------
 # The model side: backbone + the trainer's tiled LM-head statistics
+
+
+def can_share_prefix(config) -> bool:
+    """Whether a model's attention takes prefix sharing's custom mask (sdpa or eager, a text-only model)."""
+    from ..core.prefix_sharing import SUPPORTED_ATTENTION
+
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    return impl in SUPPORTED_ATTENTION and config.get_text_config() is config
 
 
 def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
@@ -224,6 +235,60 @@ def _score_batch(backbone, head, config, sequences: list[tuple[list[int], int]],
     return out
 
 
+@torch.no_grad()
+def _score_shared(backbone, head, config, pairs: list[tuple[list[int], list[int], list[int]]], pad: int, device,
+                  token_chunk_size: int) -> list[tuple[tuple, tuple]]:
+    """`_score_batch` for whole pairs `(prompt, chosen, rejected)` with prefix sharing: one row per pair
+    (`catto.core.prefix_sharing`); per pair the `(tokens, confidence, correct, label_prob)` of chosen and rejected."""
+    from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+    from ..core.fused_head import chunked_calibration_stats, head_weight_and_bias, logit_transform_from_config
+    from ..core.prefix_sharing import backend_mask, shared_layout
+
+    examples = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in pairs]
+    width = max(len(p) + max(len(c), len(r)) for p, c, r in pairs)
+    layout = shared_layout(examples, width, pad_token_id=pad)
+    n = layout["catto_shared_input_ids"].size(1)
+    # the hidden state that predicts each response token: the previous token's in the shared row
+    rows, targets, counts = [], [], []
+    for k, (p, c, r) in enumerate(pairs):
+        base = k * n
+        chosen_at = [base + len(p) - 1 + j for j in range(len(c))]
+        rejected_at = [base + len(p) - 1] + [base + len(p) + len(c) + j - 1 for j in range(1, len(r))]
+        rows += chosen_at + rejected_at
+        targets += c + r
+        counts.append((len(c), len(r)))
+    ids = layout["catto_shared_input_ids"].to(device)
+    positions = layout["catto_shared_position_ids"].to(device)
+    dtype = next(backbone.parameters()).dtype
+    mask = backend_mask(layout["catto_shared_mask"].to(device), positions, backbone.config,
+                        dtype if dtype.is_floating_point else torch.float32)
+    hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+    weight, bias = head_weight_and_bias(head)
+    logit_scale, softcap = logit_transform_from_config(config)
+    picked = hidden.reshape(-1, hidden.size(-1))[torch.tensor(rows, device=hidden.device)].to(weight.device)
+    target = torch.tensor(targets, device=weight.device)
+    with maybe_gather_lm_head_ctx(weight, bias):
+        label_logp, *_, top_logp, top_ids = chunked_calibration_stats(
+            picked, weight, bias, target, token_chunk_size=token_chunk_size, logit_scale=logit_scale,
+            softcap=softcap)
+    conf = top_logp[:, 0].float().exp().cpu()
+    correct = (top_ids[:, 0] == target).cpu()
+    label_prob = label_logp.float().exp().cpu()
+    if not torch.isfinite(conf).all():
+        raise FloatingPointError("The model produced NaN/inf logits; check the dtype (fp16 overflows on some "
+                                 "models; use bf16 or fp32).")
+    out, offset = [], 0
+    for (p, c, r), (nc, nr) in zip(pairs, counts):
+        roles = []
+        for tokens, count in ((c, nc), (r, nr)):
+            part = slice(offset, offset + count)
+            roles.append((list(tokens), conf[part].tolist(), correct[part].tolist(), label_prob[part].tolist()))
+            offset += count
+        out.append(tuple(roles))
+    return out
+
+
 def _truncate(prompt: list[int], completion: list[int], max_length: int | None) -> tuple[list[int], bool]:
     seq = prompt + completion
     if max_length is None or len(seq) <= max_length:
@@ -275,17 +340,33 @@ def token_calibration(model, tokenizer, pairs: Iterable[Mapping[str, Any]], *,
         meta[i] = (len(prompt), truncated)
     model_was_training = model.training
     model.eval()
-    order = sorted(range(len(sequences)), key=lambda k: len(sequences[k][2]))
+    shared = config.prefix_sharing and can_share_prefix(model_config)
+    if shared:  # one unit per pair: (pair index, prompt, chosen, rejected), the completions truncated as above
+        by_pair: dict[int, dict[str, Any]] = {}
+        for i, role, seq, start in sequences:
+            by_pair.setdefault(i, {"prompt": seq[:start]})[role] = seq[start:]
+        units = [(i, u["prompt"], u["chosen"], u["rejected"]) for i, u in by_pair.items()]
+        order = sorted(range(len(units)), key=lambda k: len(units[k][1]) + len(units[k][2]) + len(units[k][3]))
+    else:
+        units = sequences
+        order = sorted(range(len(sequences)), key=lambda k: len(sequences[k][2]))
     partial: dict[int, dict[str, TokenSequence]] = {}
     done: list[TokenPairResult] = []
     bar = tqdm(total=len(todo), desc="token calibration", unit="pair", disable=not progress)
     try:
         for start in range(0, len(order), config.batch_size):
-            batch = [sequences[k] for k in order[start: start + config.batch_size]]
-            stats = _score_batch(backbone, head, model_config, [(seq, s) for _, _, seq, s in batch], pad, device,
-                                 config.token_chunk_size)
+            batch = [units[k] for k in order[start: start + config.batch_size]]
+            if shared:
+                stats = _score_shared(backbone, head, model_config, [(p, c, r) for _, p, c, r in batch], pad, device,
+                                      config.token_chunk_size)
+                scored = [((i, role), s) for (i, *_), per_role in zip(batch, stats)
+                          for role, s in zip(ROLES, per_role)]
+            else:
+                stats = _score_batch(backbone, head, model_config, [(seq, s) for _, _, seq, s in batch], pad, device,
+                                     config.token_chunk_size)
+                scored = [((i, role), s) for (i, role, _, _), s in zip(batch, stats)]
             finished = []
-            for (i, role, _, _), (toks, conf, corr, lp) in zip(batch, stats):
+            for (i, role), (toks, conf, corr, lp) in scored:
                 partial.setdefault(i, {})[role] = TokenSequence(toks, conf, corr, lp)
                 if len(partial[i]) == 2:
                     row = rows[i]
