@@ -108,8 +108,9 @@ from catto.io import write_json_atomic  # noqa: E402
 from catto.data.synthetic import SPECIAL, make_model  # noqa: E402
 from catto.pipeline.assets import default_model_dir, shared_data_dir  # noqa: E402
 
-# dpo_compact and catto_compact: opt-in controls (--with-dpo-compact, --with-catto-compact)
-METHODS = ("dpo", "catto", "dpo_compact", "catto_compact")
+# dpo_compact and catto_compact: opt-in controls (--with-dpo-compact, --with-catto-compact); catto_shared: CATTO with
+# prefix sharing (--with-catto-shared)
+METHODS = ("dpo", "catto", "dpo_compact", "catto_compact", "catto_shared")
 EOS = "<eos>"
 
 # The CPU demo (recipes/demo/catto.yaml and its twin dpo.yaml), used with --model: its data, LoRA and catto settings.
@@ -267,6 +268,8 @@ def build_trainer(method: str, cfg: BenchConfig, tokenizer: PreTrainedTokenizerF
         trainer_cls, args = DPOTrainer, DPOConfig(**common)
     elif method in ("catto", "catto_compact"):
         trainer_cls, args = CATTODPOTrainer, CATTOConfig(**common, **catto_settings)
+    elif method == "catto_shared":
+        trainer_cls, args = CATTODPOTrainer, CATTOConfig(**common, **catto_settings, prefix_sharing=True)
     else:
         raise ValueError(method)
     model = build_model(cfg)
@@ -605,23 +608,20 @@ def versions() -> dict[str, str]:
 
 def ratios(report: dict[str, Any], baseline: str, method: str = "catto") -> dict[str, float | None]:
     """`method` / `baseline`: ratio of median step times and of the peak RSS increases (when memory was measured)."""
-    t, mem = report["time"], report.get("memory")
-    t = {"catto": t[method], baseline: t[baseline]}
-    mem = {"catto": mem[method], baseline: mem[baseline]} if mem else None
-    out: dict[str, float | None] = {"time_median": t["catto"]["median_s"] / t[baseline]["median_s"]}
-    if t["catto"].get("cpu_times_s"):
+    times, mem = report["time"], report.get("memory")
+    a, b = times[method], times[baseline]
+    out: dict[str, float | None] = {"time_median": a["median_s"] / b["median_s"]}
+    if a.get("cpu_times_s"):
         # CPU time of the process, and the median of the per-round ratios (steps i of both methods ran back to back
         # on the same batch), which cancels drifts of the machine's load slower than one round.
-        out["cpu_time_median"] = statistics.median(t["catto"]["cpu_times_s"]) / statistics.median(
-            t[baseline]["cpu_times_s"])
-        out["paired_time_median"] = statistics.median(a / b for a, b in zip(t["catto"]["times_s"],
-                                                                           t[baseline]["times_s"]))
-        out["paired_cpu_time_median"] = statistics.median(a / b for a, b in zip(t["catto"]["cpu_times_s"],
-                                                                               t[baseline]["cpu_times_s"]))
+        out["cpu_time_median"] = statistics.median(a["cpu_times_s"]) / statistics.median(b["cpu_times_s"])
+        out["paired_time_median"] = statistics.median(x / y for x, y in zip(a["times_s"], b["times_s"]))
+        out["paired_cpu_time_median"] = statistics.median(x / y for x, y in zip(a["cpu_times_s"], b["cpu_times_s"]))
     if mem:
-        out["peak_rss_delta"] = mem["catto"]["peak_rss_delta_mib"] / mem[baseline]["peak_rss_delta_mib"]
-        a, b = mem["catto"]["steady_peak_rss_delta_mib"], mem[baseline]["steady_peak_rss_delta_mib"]
-        out["steady_peak_rss_delta"] = a / b if a is not None and b else None
+        ma, mb = mem[method], mem[baseline]
+        out["peak_rss_delta"] = ma["peak_rss_delta_mib"] / mb["peak_rss_delta_mib"]
+        x, y = ma["steady_peak_rss_delta_mib"], mb["steady_peak_rss_delta_mib"]
+        out["steady_peak_rss_delta"] = x / y if x is not None and y else None
     return out
 
 
@@ -710,6 +710,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--with-catto-compact", action="store_true",
                    help="also time CATTODPOTrainer with its reference pass scoring only response tokens (the control "
                         "for dpo_compact: both passes of both trainers then score the same positions)")
+    p.add_argument("--with-catto-shared", action="store_true",
+                   help="also time CATTODPOTrainer with prefix_sharing=True (one prompt + chosen + rejected row per "
+                        "pair in the policy and reference passes, response positions only through the LM head)")
     p.add_argument("--measure-memory", choices=METHODS, help=argparse.SUPPRESS)  # child mode
     return p.parse_args(argv)
 
@@ -776,6 +779,16 @@ def main(argv: list[str] | None = None) -> int:
             positions |= {"dpo_compact_policy": response_positions, "dpo_compact_reference": response_positions}
         if "catto_compact" in methods:
             positions |= {"catto_compact_policy": response_positions, "catto_compact_reference": response_positions}
+        if "catto_shared" in methods:
+            positions |= {"catto_shared_policy": response_positions, "catto_shared_reference": response_positions}
+        # tokens through the decoder per pass: TRL's 2B padded rows, or the B shared rows of prefix sharing
+        backbone_tokens = {"two_rows_padded": mean_count(b["input_ids"].numel() for b in measured),
+                           "two_rows_real": mean_count(int(b["attention_mask"].sum()) for b in measured)}
+        if "catto_shared" in methods:
+            shared = batches["catto_shared"][cfg.warmup:]
+            backbone_tokens |= {"shared_rows_padded": mean_count(b["catto_shared_input_ids"].numel() for b in shared),
+                                "shared_rows_real": mean_count(int(b["catto_shared_mask"].diagonal(dim1=1, dim2=2)
+                                                                   .sum()) for b in shared)}
         n_params = sum(p.numel() for p in trainers["dpo"].model.parameters())
         n_trainable = sum(p.numel() for p in trainers["dpo"].model.parameters() if p.requires_grad)
         model_config = trainers["dpo"].model.config.get_text_config()
@@ -788,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
                 "benchmark": "CATTODPOTrainer (fused) vs trl.DPOTrainer: torch.profiler breakdown of a step",
                 "command": " ".join(["python", *sys.argv]),
                 "config": config_record(cfg, model_config, n_params, n_trainable) | {"profiled_steps": args.profile},
-                "methods": methods, "lm_head_positions_per_step": positions, "profile": profiled,
+                "methods": methods, "lm_head_positions_per_step": positions, "backbone_tokens_per_pass": backbone_tokens,
+                "profile": profiled,
                 "versions": versions(), "machine": machine_info(), "wall_time_s": time.time() - started,
             }
             write_json_atomic(args.out, report)
@@ -809,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": config_record(cfg, model_config, n_params, n_trainable),
         "methods": methods,
         "lm_head_positions_per_step": positions,
+        "backbone_tokens_per_pass": backbone_tokens,
         "time": time_summary,
         "versions": versions(),
         "machine": machine_info(),
@@ -822,6 +837,11 @@ def main(argv: list[str] | None = None) -> int:
         report["catto_compact_max_abs_loss_diff_vs_catto"] = max(
             abs(a - b) for a, b in zip(steps["catto"]["losses"], steps["catto_compact"]["losses"])
         )
+    if "catto_shared" in methods:
+        # Same math as `catto`, one row per pair: the losses must agree up to float rounding.
+        report["catto_shared_max_abs_loss_diff_vs_catto"] = max(
+            abs(a - b) for a, b in zip(steps["catto"]["losses"], steps["catto_shared"]["losses"])
+        )
     if not args.no_memory:
         print("Measuring peak memory in one subprocess per method...", flush=True)
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -829,7 +849,11 @@ def main(argv: list[str] | None = None) -> int:
             for m in methods:
                 runs[m].append(memory_in_subprocess(m, child_cli_args(cfg)))
         report["memory"] = {m: median_memory(runs[m]) for m in methods}
-    report["ratios"] = {f"catto/{m}": ratios(report, m) for m in methods if m not in ("catto", "catto_compact")}
+    report["ratios"] = {f"catto/{m}": ratios(report, m) for m in methods
+                        if m not in ("catto", "catto_compact", "catto_shared")}
+    if "catto_shared" in methods:
+        for base in [m for m in ("dpo", "dpo_compact", "catto") if m in methods]:
+            report["ratios"][f"catto_shared/{base}"] = ratios(report, base, method="catto_shared")
     if "catto_compact" in methods:
         report["ratios"]["catto_compact/dpo_compact" if "dpo_compact" in methods else "catto_compact/dpo"] = ratios(
             report, "dpo_compact" if "dpo_compact" in methods else "dpo", method="catto_compact")
