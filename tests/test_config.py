@@ -54,3 +54,14 @@ def test_trl_parser_reads_yaml_and_cli_overrides(tmp_path):
 def test_trl_parser_rejects_unknown_choice(tmp_path):
     with pytest.raises(SystemExit):
         TrlParser((CATTOConfig,)).parse_args_and_config(["--output_dir", "out", "--catto_margin", "ratio"])
+
+
+@pytest.mark.parametrize("alpha,sharing,given,expected", [
+    (0.1, False, None, True), (0.0, False, None, False), (0.0, True, None, True), (0.0, False, True, True),
+    (0.3, True, False, False),
+])
+def test_metrics_are_logged_by_default_only_where_free(tmp_path, alpha, sharing, given, expected):
+    """catto_alpha=0 without prefix sharing would pay an extra LM-head pass for the catto/* metrics: opt-in there."""
+    config = CATTOConfig(output_dir=str(tmp_path), catto_alpha=alpha, prefix_sharing=sharing,
+                         catto_log_metrics=given, bf16=False)
+    assert config.catto_log_metrics is expected

@@ -249,7 +249,8 @@ def test_two_trainers_on_the_same_model(tmp_path, tokenizer):
     """TRL re-wraps the forward for a second trainer; catto's statistics must still reach the policy pass."""
     model = make_model(seed=0)
     for alpha in (0.0, 0.5):
-        args = CATTOConfig(output_dir=str(tmp_path / str(alpha)), **{**COMMON, "max_steps": 1}, catto_alpha=alpha)
+        args = CATTOConfig(output_dir=str(tmp_path / str(alpha)), **{**COMMON, "max_steps": 1}, catto_alpha=alpha,
+                           catto_log_metrics=True)
         trainer = CATTODPOTrainer(model=model, ref_model=make_model(seed=0), args=args,
                                   train_dataset=preference_dataset(8), processing_class=tokenizer)
         trainer.train()
@@ -293,7 +294,7 @@ def test_calibration_effect_on_a_noisy_task(tmp_path, tokenizer, alpha):
     opts = dict(per_device_train_batch_size=16, num_train_epochs=20, max_steps=-1, learning_rate=5e-3, beta=0.1)
     results = {}
     for a in (0.0, alpha):
-        trainer = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=a, **data, **opts)
+        trainer = build(CATTODPOTrainer, tmp_path, tokenizer, catto_alpha=a, catto_log_metrics=True, **data, **opts)
         trainer.train()
         results[a] = trainer.evaluate()
     dpo_ece, catto_ece = results[0.0]["eval_catto/token_ece"], results[alpha]["eval_catto/token_ece"]

@@ -58,9 +58,11 @@ class CATTOConfig(DPOConfig):
         catto_chunk_size (`int`, *optional*, defaults to `1024`):
             Response tokens per tile of the fused LM-head pass. Smaller tiles use less memory (a tile holds
             `catto_chunk_size × 32768` float32 logits), larger ones fewer matrix multiplies.
-        catto_log_metrics (`bool`, *optional*, defaults to `True`):
-            Whether to log the `catto/*` metrics. With `catto_alpha=0` they come from an extra no-grad LM-head pass
-            over the response tokens (the training itself stays that of `DPOTrainer`); set `False` to skip it.
+        catto_log_metrics (`bool` or `None`, *optional*, defaults to `None`):
+            Whether to log the `catto/*` metrics. `None` logs them when they are free: with the term on
+            (`catto_alpha > 0`), or with `prefix_sharing` (the statistics come from the policy's one LM-head pass). A
+            `catto_alpha=0` run without prefix sharing would need an extra no-grad LM-head pass over the response
+            tokens for them (its training stays that of `DPOTrainer`): set `True` to pay it, `False` to never log.
         catto_ece_bins (`int`, *optional*, defaults to `15`):
             Equal-width bins of the logged `catto/token_ece` (15, as `catto eval` and every other ECE in catto).
     """
@@ -112,9 +114,11 @@ class CATTOConfig(DPOConfig):
         default=1024,
         metadata={"help": "Response tokens per tile of the fused LM-head pass (memory vs. number of matmuls)."},
     )
-    catto_log_metrics: bool = field(
-        default=True,
-        metadata={"help": "Whether to log catto/* metrics (with catto_alpha=0 this costs a no-grad LM-head pass)."},
+    catto_log_metrics: bool | None = field(
+        default=None,
+        metadata={"help": "Whether to log catto/* metrics. Default (None): when free, i.e. with the term on or with "
+                          "prefix_sharing; with catto_alpha=0 and no prefix sharing they cost an extra no-grad LM-head "
+                          "pass (True: log anyway)."},
     )
     catto_ece_bins: int = field(
         default=15,
@@ -143,6 +147,8 @@ class CATTOConfig(DPOConfig):
             errors.append(f"`catto_ece_bins` must be an integer >= 1, got {self.catto_ece_bins!r}.")
         if errors:
             raise ConfigError("Invalid CATTOConfig: " + " ".join(errors))
+        if self.catto_log_metrics is None:  # log when it costs no extra LM-head pass
+            self.catto_log_metrics = self.catto_enabled or self.prefix_sharing
 
     @classmethod
     def from_dpo_config(cls, config: DPOConfig, **catto_kwargs) -> CATTOConfig:
