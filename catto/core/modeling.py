@@ -45,12 +45,12 @@ def check_device(device: str, flag: str = "--device") -> None:
     available = bool(module is not None and getattr(module, "is_available", lambda: False)())
     if not available:
         build = " (this torch is a CPU build)" if kind == "cuda" and torch.version.cuda is None else ""
-        raise ConfigError(f"{flag} {device}: this machine has no {kind.upper()} device{build}. Fix: --device cpu, or "
-                          f"--device auto (a GPU when there is one).")
+        raise ConfigError(f"{flag} {device}: this machine has no {kind.upper()} device{build}. Fix: {flag} cpu, or "
+                          f"{flag} auto (a GPU when there is one).")
     count = getattr(module, "device_count", lambda: 1)()
     if wanted.index is not None and wanted.index >= count:
         raise ConfigError(f"{flag} {device}: this machine has {count} {kind.upper()} device(s), numbered 0 to "
-                          f"{count - 1}. Fix: pass one of them, or --device auto.")
+                          f"{count - 1}. Fix: pass one of them, or {flag} auto.")
 
 
 def check_device_map(device_map: str | None, device: str = "auto") -> None:

@@ -317,7 +317,7 @@ def written_summary(out: str, plots: dict[str, Any], runs: tuple[str, ...]) -> s
     pngs = sorted(os.path.basename(p) for k, p in plots.items()
                   if k != "skipped" and isinstance(p, str) and os.path.isfile(p))
     if pngs:
-        files.append(f"{len(pngs)} reliability diagrams ({', '.join(pngs)})")
+        files.append("the reliability diagrams " + ", ".join(pngs))
     if os.path.isdir(os.path.join(out, "eval")):
         files.append("eval/<model>/<method>/<data>/results.jsonl")
     saved = [os.path.join(out, r) for r in runs if os.path.isfile(os.path.join(out, r, "adapter_config.json"))

@@ -288,6 +288,26 @@ def check_settings(folder: str, settings: Mapping[str, Any], *, overwrite: bool)
     write_json_atomic(path, settings)
 
 
+def check_results_file(path: str) -> None:
+    """Every line of a results file a resume will read is JSON (a torn last line is an interrupted append, which the
+    resume drops): a damaged file is one line naming it before the model loads, not after."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip() or i >= len(lines) - 2:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            row = err
+        if not isinstance(row, dict):
+            reason = row.msg if isinstance(row, json.JSONDecodeError) else f"a {type(row).__name__}, not an object"
+            raise DataError(f"{path}: line {i + 1} is not a result record ({reason}); refusing to resume. Fix: delete "
+                            "the file; its items are then scored again.")
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -492,12 +512,14 @@ class EvalRunner:
                 if spec.cls is not None and spec.evaluator is None and loaded.name != spec.name:
                     raise ConfigError(f"--load-evaluator {a.load_evaluator} holds a {loaded.name!r} evaluator, not "
                                       f"{spec.name!r}. Fix: pass --method {loaded.name}.")
-        for spec in methods:  # refuse a mismatched resume before the model is loaded
+        for spec in methods:  # refuse a mismatched resume, or a damaged results file, before the model is loaded
             for d in self.datasets.values():
                 if spec.cls is not None and spec.evaluator is None and spec.results_dir is None:
                     items = d.items[a.fit_first:] if a.fit_first else d.items
                     check_settings(folder_of(spec.name, d.name), self.settings_for(spec, d, items),
                                    overwrite=a.overwrite)
+                    if spec.cls.resumable:
+                        check_results_file(os.path.join(folder_of(spec.name, d.name), "results.jsonl"))
         model, tokenizer = self.model()
         shared: dict[str, Any] = {}
         for spec in methods:
