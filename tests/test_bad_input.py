@@ -515,8 +515,8 @@ def test_train_resume_from_a_checkpoint_copied_away_from_its_run(ws, capsys, tmp
     copied = _checkpoint(tmp_path / "elsewhere" / "checkpoint-2")
     (copied / "catto_train_settings.json").write_text(json.dumps(settings))
     assert not (copied.parent / "catto_train_settings.json").exists()
-    last = _refused(capsys, _train(ws, tmp_path / "new", "--resume_from_checkpoint", str(copied), "--catto_alpha",
-                                   "0.5"), "catto_alpha (0.3 there, 0.5 now)", str(copied / "catto_train_settings.json"),
+    argv = _train(ws, tmp_path / "new", "--resume_from_checkpoint", str(copied), "--catto_alpha", "0.5")
+    last = _refused(capsys, argv, "catto_alpha (0.3 there, 0.5 now)", str(copied / "catto_train_settings.json"),
                     "new --output_dir")
     assert last.startswith(f"catto train: resume_from_checkpoint '{copied}' was trained with other settings")
     assert "catto.train" in build_launch_command(_train(ws, tmp_path / "new", "--resume_from_checkpoint",

@@ -240,8 +240,8 @@ def recorded_settings(checkpoint: str) -> tuple[dict[str, Any] | None, str | Non
             with open(record) as f:
                 old = json.load(f)
         except json.JSONDecodeError as err:
-            raise DataError(f"{record} is damaged ({err.msg}), so the settings of the checkpoint to resume are unknown. "
-                            "Fix: restore it from the run, or start a new run in a new --output_dir.") from None
+            raise DataError(f"{record} is damaged ({err.msg}), so the settings of the checkpoint to resume are "
+                            "unknown. Fix: restore it from the run, or start a new run in a new --output_dir.") from None
         if not isinstance(old, dict):
             raise DataError(f"{record} holds no settings (a {type(old).__name__}). Fix: restore it from the run, or "
                             "start a new run in a new --output_dir.")
