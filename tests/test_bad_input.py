@@ -50,12 +50,14 @@ def ws(tmp_path_factory, mcqa_model_dir):
 
 
 def _refused(capsys, argv, *needles):
-    """Run the console; it must exit with 2 and one line naming `needles`, without a traceback."""
+    """Run the console; it must exit with 2 and one line naming `needles` (and the command, once), without a
+    traceback."""
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
+    assert last.startswith(f"catto {argv[0]}: ") and f"catto {argv[0]}: catto {argv[0]}:" not in last, last
     for needle in needles:
         assert needle in last, last
     assert "Fix" in last or "fix" in last or "Did you mean" in last or "invalid" in last or "must be" in last, last
@@ -144,6 +146,85 @@ def test_eval_model_problems(ws, capsys, tmp_path):
     _refused(capsys, [*base, "--model", ws["no_tok"]], "no tokenizer files")
     _refused(capsys, [*base, "--model", ws["model"], "--gguf-file", "nope.gguf"], "no GGUF file 'nope.gguf'")
     _refused(capsys, [*base, "--model", ws["model"], "--adapter", str(tmp_path)], "no adapter_config.json")
+
+
+def test_eval_names_itself_once(ws, capsys):
+    """Parser errors used to read 'catto eval: catto eval: ...'."""
+    last = _refused(capsys, _eval(ws, "--limit", "x"), "--limit", "invalid int value")
+    assert last == "catto eval: argument --limit: invalid int value: 'x'"
+    last = _refused(capsys, _eval(ws, "--n-binz", "5"), "Did you mean --n-bins")
+    assert last.startswith("catto eval: '--n-binz' is not an option.")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_eval_device_this_machine_lacks(ws, capsys, monkeypatch):
+    import catto.core.modeling as modeling
+
+    monkeypatch.setattr(modeling, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("model loaded"))
+    last = _refused(capsys, _eval(ws, "--device", "cuda"), "--device cuda", "no CUDA device", "Fix: --device cpu")
+    assert last.startswith("catto eval: --device cuda: this machine has no CUDA device")
+    _refused(capsys, _eval(ws, "--device", "cuda:1"), "--device cuda:1", "no CUDA device")
+    _refused(capsys, _eval(ws, "--device_map", "cuda:0"), "--device_map cuda:0", "Fix: --device_map cpu")
+
+
+@pytest.mark.parametrize("flags,needles", [
+    (["--device", "gpu7"], ["--device 'gpu7' is not a device", "Fix: auto, cpu, cuda or cuda:N"]),
+    (["--device", "cpu", "--device_map", "auto"], ["--device cpu and --device_map auto", "Fix: keep one"]),
+    (["--device_map", '{"": 0}'], ["--device_map", "give a strategy", "Fix: --device_map auto"]),
+])
+def test_eval_device_flags(ws, capsys, flags, needles):
+    _refused(capsys, _eval(ws, *flags), *needles)
+
+
+def _lora_folder(root, base):
+    """A LoRA run folder as catto train writes it (adapter_config.json naming `base`, no config.json)."""
+    root.mkdir(parents=True)
+    (root / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": base}))
+    return str(root)
+
+
+def test_eval_lora_run_folder_problems(ws, capsys, tmp_path):
+    base = ["eval", "--data", f"mmlu:{ws['data']}", "--out", str(tmp_path / "o"), "--no-progress"]
+    gone = _lora_folder(tmp_path / "moved-run", str(tmp_path / "deleted-base-model"))
+    _refused(capsys, [*base, "--model", gone], f"{gone}: a LoRA adapter whose base model is not here",
+             "deleted-base-model", f"Fix: pass --model BASE --adapter {gone}")
+    run = _lora_folder(tmp_path / "run", ws["model"])
+    _refused(capsys, [*base, "--model", run, "--adapter", run], "is itself a LoRA adapter", "drop --adapter")
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "adapter_config.json").write_text("{}")
+    _refused(capsys, [*base, "--model", str(tmp_path / "bare")], "names no base model",
+             f"--adapter {tmp_path / 'bare'}")
+
+
+def test_eval_damaged_results_file_on_resume(ws, capsys, tmp_path, monkeypatch):
+    """The file and line are named, before the model loads, and the file is left as it is."""
+    out = tmp_path / "run"
+    argv = [*_eval(ws)[:-6], "--out", str(out), "--bootstrap", "0", "--no-plots", "--no-progress"]
+    assert main(argv) == 0
+    results = out / "mmlu-data" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    lines[1] = '{"id": "mmlu/test/toy/1", "option_probs": [0.25, '  # a line cut in the middle, not the last one
+    results.write_text("\n".join(lines) + "\n")
+    damaged = results.read_text()
+    import catto.core.modeling as modeling
+
+    monkeypatch.setattr(modeling, "load_model_and_tokenizer", lambda *a, **k: pytest.fail("model loaded"))
+    last = _refused(capsys, argv, f"{results}: line 2 is not a result record", "refusing to resume",
+                    "Fix: delete the file")
+    assert results.read_text() == damaged
+    assert last.startswith("catto eval: ")
+
+
+def test_results_file_damage_is_a_catto_error(tmp_path):
+    """Met by a method itself (the Python API), the damaged line is a DataError too, not a plain ValueError."""
+    from catto.errors import DataError
+    from catto.eval.results import ResultsFile
+
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"id": 1\n{"id": "b", "option_probs": [1.0], "prediction": 0, "confidence": 1.0, "gold": 0, '
+                    '"correct": true}\n')
+    with pytest.raises(DataError, match=r"line 1 is not a result record .*Fix: delete the file"):
+        ResultsFile(path)
 
 
 def test_eval_unwritable_out_fails_before_the_model(ws, capsys, tmp_path, monkeypatch):
@@ -285,6 +366,59 @@ def test_train_flags(ws, capsys, tmp_path, no_launch, flags, needles):
     _refused(capsys, _train(ws, tmp_path / "run", *flags), *needles)
 
 
+def test_train_recipe_with_a_yaml_syntax_error(ws, capsys, tmp_path, no_launch):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text(f"model_name_or_path: {ws['model']}\nlora_target_modules: [q_proj, v_proj\nmax_steps: 2\n")
+    last = _refused(capsys, ["train", "--config", str(recipe)], f"recipe {recipe}: line 3, column 10: not valid YAML",
+                    "Fix: one `key: value` per line")
+    assert last.startswith("catto train: recipe ")
+
+
+def test_train_output_dir_that_cannot_be_written(ws, capsys, tmp_path, no_launch):
+    """Refused in the launching process: the job would fail with a traceback, then the launcher with its
+    CalledProcessError."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "run"
+    _refused(capsys, _train(ws, out), f"output_dir '{out}' cannot be written", "Fix: pass an --output_dir you can "
+             "write to")
+    from catto.train import script  # the training script itself (python -m catto.train) says the same
+
+    assert script.run(["--config", str(ws["root"] / "recipe.yaml"), "--output_dir", str(out)]) == 2
+    assert "cannot be written" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags,needles", [
+    (["--num_processes", "0"], ["--num_processes '0'", "a whole number of processes >= 1", "Fix: e.g. "
+                                                                                            "--num_processes 1"]),
+    (["--num_processes", "two"], ["--num_processes 'two'"]),
+    (["--num_processes=-2"], ["--num_processes '-2'"]),
+    (["--main_process_port", "70000"], ["--main_process_port '70000'", "1 to 65535"]),
+])
+def test_train_launch_flags(ws, capsys, tmp_path, no_launch, flags, needles):
+    _refused(capsys, _train(ws, tmp_path / "run", *flags), *needles)
+
+
+@pytest.mark.parametrize("rows,needles", [
+    # one text starts the other: TRL would take 'w1 w' as the prompt and train on '2'
+    ([{"chosen": "w1 w2", "rejected": "w1 w2 w3"}] * 2, ["no valid pair", "which TRL takes as the prompt ('w1 w')",
+                                                         "ends inside a word"]),
+    # only rejected goes on inside the word ('.' after it in chosen)
+    ([{"chosen": "w1 w.", "rejected": "w1 w2"}] * 2, ["ends inside a word", "rejected '2'"]),
+])
+def test_train_promptless_pairs_sharing_part_of_a_word(ws, capsys, tmp_path, no_launch, rows, needles):
+    path = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    last = _refused(capsys, _train(ws, tmp_path / "run", "--dataset_name", str(path)), str(path), *needles)
+    assert "Fix: add a 'prompt' column" in last
+
+
+def test_promptless_pairs_that_end_between_words_still_train(ws, tmp_path):
+    from catto.data.preference import row_problem
+
+    assert row_problem({"chosen": "w1 w2 w3", "rejected": "w1 w2 v3"}, has_prompt=False) is None
+    assert row_problem({"chosen": "2 + 2 = 4", "rejected": "2 + 2 = 5"}, has_prompt=False) is None
+
+
 def test_train_model_without_tokenizer(ws, capsys, tmp_path, no_launch):
     _refused(capsys, _train(ws, tmp_path / "run", "--model_name_or_path", ws["no_tok"]), "no tokenizer files",
              ws["no_tok"])
@@ -368,6 +502,36 @@ def test_train_resume_with_other_settings_is_refused(ws, capsys, tmp_path, no_la
     assert "catto.train" in build_launch_command(_train(ws, out, "--resume_from_checkpoint", str(checkpoint))[1:])
     # and a folder with checkpoints is not trained over without resuming them
     _refused(capsys, _train(ws, out), "checkpoints", f"--resume_from_checkpoint {checkpoint}")
+
+
+def test_train_resume_from_a_checkpoint_copied_away_from_its_run(ws, capsys, tmp_path, no_launch):
+    """The settings travel in the checkpoint folder itself (catto train writes them into every checkpoint), so a
+    checkpoint copied away from its run, where no run folder holds them, is still compared."""
+    from catto.train.checks import trained_settings
+    from catto.train.launcher import build_launch_command
+    from catto.train.script import parse_args
+
+    settings = trained_settings(*parse_args(_train(ws, tmp_path / "run")[1:]))
+    copied = _checkpoint(tmp_path / "elsewhere" / "checkpoint-2")
+    (copied / "catto_train_settings.json").write_text(json.dumps(settings))
+    assert not (copied.parent / "catto_train_settings.json").exists()
+    argv = _train(ws, tmp_path / "new", "--resume_from_checkpoint", str(copied), "--catto_alpha", "0.5")
+    last = _refused(capsys, argv, "catto_alpha (0.3 there, 0.5 now)", str(copied / "catto_train_settings.json"),
+                    "new --output_dir")
+    assert last.startswith(f"catto train: resume_from_checkpoint '{copied}' was trained with other settings")
+    assert "catto.train" in build_launch_command(_train(ws, tmp_path / "new", "--resume_from_checkpoint",
+                                                        str(copied))[1:])
+
+
+def test_train_resume_from_a_checkpoint_without_settings_warns_in_one_line(ws, capsys, tmp_path, no_launch):
+    """A checkpoint of an older catto (or of TRL) copied away: nothing to compare; said in one line, not refused."""
+    from catto.train.launcher import build_launch_command
+
+    bare = _checkpoint(tmp_path / "elsewhere" / "checkpoint-2")
+    assert "catto.train" in build_launch_command(_train(ws, tmp_path / "new", "--resume_from_checkpoint",
+                                                        str(bare))[1:])
+    lines = [x for x in capsys.readouterr().err.splitlines() if "catto_train_settings.json" in x]
+    assert len(lines) == 1 and "cannot check that this resume keeps the run's settings" in lines[0]
 
 
 def test_a_job_error_is_the_commands_last_line(capsys, tmp_path):

@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(COMMANDS[command][0]).main(rest)
     except CattoError as err:
         message = " ".join(str(err).split("\n")) if "\n" not in str(err).strip() else str(err).strip()
-        print(f"catto {command}: {message}", file=sys.stderr)
+        prefix = f"catto {command}: "
+        while message.startswith(prefix):  # the command is named once, whoever raised
+            message = message[len(prefix):]
+        print(prefix + message, file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0

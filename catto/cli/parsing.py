@@ -12,7 +12,8 @@ like `catto train` and TRL's scripts. On top of HfArgumentParser:
   `--eval_batch_size`); the value still goes to the field;
 - `metadata["deprecated_aliases"]`: old spellings (`["--batch_size", "--batch-size"]`) that still work for one release,
   hidden from `--help`; using one (or its key in `--config FILE.yaml`) logs one line naming the new flag;
-- errors are a `ConfigError` with argparse's one-line message, not usage text and `SystemExit`;
+- errors are a `ConfigError` with argparse's one-line message, not usage text and `SystemExit` (without the command's
+  name: the console puts `catto COMMAND:` in front of every error, once);
 - values are validated when the dataclasses are built (`__post_init__`), i.e. at parse time, before any work.
 """
 
@@ -122,8 +123,8 @@ class CattoArgumentParser(HfArgumentParser):
                 for spelling in old:
                     self._config_keys.setdefault(spelling.lstrip("-").replace("-", "_"), (name, flag))
 
-    def error(self, message: str):  # argparse's usage + exit, as one line the console prints
-        raise ConfigError(f"{self.prog}: {message}")
+    def error(self, message: str):  # argparse's usage + exit, as one line the console prints (it names the command)
+        raise ConfigError(message)
 
     def parse(self, argv: Sequence[str]) -> tuple[Any, ...]:
         """The dataclass instances for `argv` (with `--config FILE.yaml` defaults)."""
@@ -132,7 +133,7 @@ class CattoArgumentParser(HfArgumentParser):
         if "--config" in argv:
             i = argv.index("--config")
             if i + 1 >= len(argv):
-                raise ConfigError(f"{self.prog}: --config needs a value. Fix: --config FILE.yaml.")
+                raise ConfigError("--config needs a value. Fix: --config FILE.yaml.")
             config_path = argv[i + 1]
             del argv[i: i + 2]
         if config_path is not None:
@@ -149,7 +150,7 @@ class CattoArgumentParser(HfArgumentParser):
             except ConfigError:
                 raise
             except (TypeError, ValueError) as err:
-                raise ConfigError(f"{self.prog}: {err}") from err
+                raise ConfigError(str(err)) from err
         return tuple(out)
 
     def _read_config(self, path: str) -> dict[str, Any]:
@@ -190,5 +191,5 @@ class CattoArgumentParser(HfArgumentParser):
         known = sorted(k for k, (_, new) in self._known_keys().items() if new is None)
         close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
         hint = f" Did you mean {' or '.join('--' + c.replace('_', '-') for c in close)}?" if close else ""
-        return ConfigError(f"{where or self.prog}: {flag!r} is not an option.{hint} Fix: "
+        return ConfigError(f"{where + ': ' if where else ''}{flag!r} is not an option.{hint} Fix: "
                            f"`{self.prog} --help` lists them.")

@@ -21,7 +21,8 @@ _LAZY = {
         "calibration_term", "confidence_log_prob", "ece_from_binned_counts", "per_token_calibration_loss",
         "surrogate_target")},
     **{name: "catto.core.modeling" for name in (
-        "check_model_folder", "load_model_and_tokenizer", "load_trained_model", "resolve_device")},
+        "adapter_base_model", "check_device", "check_device_map", "check_model_folder", "is_adapter_folder",
+        "load_model_and_tokenizer", "load_trained_model", "resolve_device", "resolve_model")},
 }
 __all__ = sorted(_LAZY)
 

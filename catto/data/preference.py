@@ -78,6 +78,28 @@ def _text_of(value) -> str | None:
     return None
 
 
+def implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """`(prompt, chosen, rejected)` as TRL splits a prompt-less text pair (`trl.data_utils.extract_prompt`): the
+    shared beginning, less a space it ends with; when one text starts the other, all but its last character.
+
+    >>> implicit_prompt("Q: 2 + 2 = 4", "Q: 2 + 2 = 5")
+    ('Q: 2 + 2 =', ' 4', ' 5')
+    """
+    n = min(len(chosen), len(rejected))
+    cut = n - 1
+    for i in range(n):
+        if chosen[i] != rejected[i]:
+            cut = i - 1 if i > 0 and chosen[i - 1] == " " else i
+            break
+    cut = max(cut, 0)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _word_char(text: str) -> bool:
+    """Whether `text` (one character, or empty) can be part of a word a tokenizer keeps whole."""
+    return bool(text) and (text.isalnum() or text in "_'’")
+
+
 def row_problem(row: dict, has_prompt: bool) -> tuple[str, str] | None:
     """`(field, what is wrong and the fix)` for a preference row that cannot be trained or evaluated on, else None."""
     for name in ("chosen", "rejected"):
@@ -97,18 +119,25 @@ def row_problem(row: dict, has_prompt: bool) -> tuple[str, str] | None:
                               "the prompt as text or messages.")
     else:
         chosen, rejected = row["chosen"], row["rejected"]
-        shared = 0
-        for a, b in zip(chosen, rejected):
-            if a != b:
-                break
-            shared += 1
-        # TRL takes the shared beginning as the prompt; for text it must end between words, not inside one
-        # ("w1 w2" / "w3 w4" share "w": not a prompt)
-        mid_word = isinstance(chosen, str) and 0 < shared < min(len(chosen), len(rejected)) and \
-            chosen[shared - 1].isalnum() and chosen[shared].isalnum()
-        if shared == 0 or mid_word:
+        if isinstance(chosen, str):
+            prompt, chosen_rest, rejected_rest = implicit_prompt(chosen, rejected)
+        else:  # message lists: TRL takes the shared leading messages, which never split a message
+            shared = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b),
+                          min(len(chosen), len(rejected)) - 1)
+            prompt, chosen_rest, rejected_rest = chosen[:shared], None, None
+        mid_word = isinstance(prompt, str) and bool(prompt) and _word_char(prompt[-1]) and (
+            _word_char(chosen_rest[:1]) or _word_char(rejected_rest[:1]))
+        if not prompt or mid_word and not any(c.isspace() for c in prompt):  # not even one whole word shared
             return "prompt", ("is missing and chosen/rejected share no beginning to take it from (TRL's implicit "
                               "prompt). Fix: add a 'prompt' column, or put the same prompt at the start of both.")
+        if mid_word:
+            # TRL's prompt would end inside a word: the tokenized prompt is then no prefix of the tokenized pair, and
+            # TRL trains on a context cut where the tokens diverge (its "tokenized prompt is not a prefix" warning)
+            shown = ("..." if len(prompt) > 24 else "") + repr(prompt[-24:])
+            return "prompt", (f"is missing, and the beginning chosen and rejected share, which TRL takes as the prompt "
+                              f"({shown}), ends inside a word (chosen goes on {chosen_rest[:12]!r}, rejected "
+                              f"{rejected_rest[:12]!r}). Fix: add a 'prompt' column holding the shared text up to its "
+                              "last whole word.")
     if row["chosen"] == row["rejected"]:
         return "rejected", "equals chosen: the pair prefers nothing. Fix: drop the row."
     return None

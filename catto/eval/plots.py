@@ -18,7 +18,7 @@ def _pyplot():
         matplotlib.use("Agg")  # files only; works without a display
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("Plots need matplotlib: `pip install 'catto[plots]'`.") from err
+        raise ImportError("Plots need matplotlib, a dependency of catto: `pip install matplotlib`.") from err
     return plt
 
 

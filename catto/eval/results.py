@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import DataError
 from ..io import atomic_write
 
 
@@ -90,11 +91,13 @@ class ResultsFile:
                 continue
             try:
                 result = self.record_type.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError, KeyError) as err:
+            except (ValueError, TypeError, KeyError) as err:  # ValueError: bad JSON, or a NaN the record refuses
                 if i >= len(lines) - 2:  # the last non-empty line: an interrupted append
                     torn = True
                     break
-                raise ValueError(f"{self.path}: line {i + 1} is not a result record ({err}); refusing to resume.")
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise DataError(f"{self.path}: line {i + 1} is not a result record ({reason}); refusing to resume. "
+                                "Fix: delete the file; its items are then scored again.") from None
             self.results[result.id] = result
             good.append(line)
         if torn:

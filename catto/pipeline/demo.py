@@ -274,7 +274,8 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
                                                           n_bins=args.n_bins, title=f"{name}: held-out answer tokens",
                                                           unit="tokens")
     else:
-        plots["skipped"] = "matplotlib not installed (pip install 'catto[plots]')"
+        plots["skipped"] = "matplotlib not installed (pip install matplotlib)"
+        logger.warning("matplotlib is not installed (pip install matplotlib): no reliability diagrams written.")
     payload = {
         "catto_version": __version__,
         "model": model, "model_provenance": model_provenance, "data_provenance": data_provenance,
@@ -305,10 +306,28 @@ def run_real_demo(args: DemoArguments) -> dict[str, Any]:
 
         log_to_trackers(args.report_to, out, "demo", {"mcqa": summaries, "token": token_summaries, "differences": comparisons},
                         {k: v for k, v in plots.items() if k != "skipped"}, {"model": model, "seed": args.seed})
-    print(f"\n[catto demo] done in {payload['wall_seconds'] / 60:.1f} min. Everything is in {out}: demo_results.json, "
-          f"reliability_*.png, eval/<model>/<method>/<data>/results.jsonl, and the adapters in {out}/dpo and "
-          f"{out}/catto.")
+    print(f"\n[catto demo] done in {payload['wall_seconds'] / 60:.1f} min. {written_summary(out, plots, RUNS)}")
     return payload
+
+
+def written_summary(out: str, plots: dict[str, Any], runs: tuple[str, ...]) -> str:
+    """What the demo wrote into `out`, as one sentence naming only files that are there (no diagrams without
+    matplotlib, no adapter a run did not save)."""
+    files = ["demo_results.json"]
+    pngs = sorted(os.path.basename(p) for k, p in plots.items()
+                  if k != "skipped" and isinstance(p, str) and os.path.isfile(p))
+    if pngs:
+        files.append("the reliability diagrams " + ", ".join(pngs))
+    if os.path.isdir(os.path.join(out, "eval")):
+        files.append("eval/<model>/<method>/<data>/results.jsonl")
+    saved = [os.path.join(out, r) for r in runs if os.path.isfile(os.path.join(out, r, "adapter_config.json"))
+             or os.path.isfile(os.path.join(out, r, "config.json"))]
+    if saved:
+        files.append(f"the trained models in {' and '.join(saved)}")
+    text = f"Wrote into {out}: " + ", ".join(files) + "."
+    if "skipped" in plots:
+        text += f" No reliability diagrams: {plots['skipped']}."
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,7 +41,10 @@ class EvalArguments:
     """What every `catto eval` / `catto report` run shares: model, data, metrics, output, and where fitted state
     comes from. Each field is a command-line flag (`--n_bins` or `--n-bins`) and a key of `--config eval.yaml`."""
 
-    model: str = field(default=None, metadata={"help": "Hub id or local folder of a causal LM (required)."})
+    model: str = field(default=None, metadata={
+        "help": "Hub id or local folder of a causal LM, or the output folder of a catto train run (a LoRA run loads "
+                "its base model, named by its adapter_config.json or its recorded settings, with the adapter on "
+                "top) (required)."})
     data: list[str] = field(default_factory=list, metadata={
         "help": "Dataset spec, repeatable: arc_easy, mmlu:/path/to/csvs, generic:file.jsonl (see "
                 "catto.data.load_mcqa), or pairs:FILE for a preference dataset (the token method).",
@@ -70,6 +73,13 @@ class EvalArguments:
                 "file), float32, bfloat16 or float16.",
         "choices": ["auto", "float32", "bfloat16", "float16"]})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    device_map: str | None = field(default=None, metadata={
+        "help": "Let transformers place the model over the available devices (from_pretrained's device_map: auto, "
+                "balanced, balanced_low_0, sequential, or one device): a model larger than one GPU. Not with "
+                "--device."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run the modelling code shipped in the model's repository (transformers' trust_remote_code); only for "
+                "models you trust."})
     n_bins: int = field(default=15, metadata={"help": "Calibration bins."})
     binning: str = field(default="equal_width", metadata={"help": "Calibration binning.",
                                                           "choices": ["equal_width", "equal_mass"]})
@@ -120,13 +130,35 @@ class EvalArguments:
             raise ConfigError(f"{' and '.join('--' + g.replace('_', '-') for g in given)} both say where the fit "
                               "comes from. Fix: give at most one of --fit-data, --fit-first and --load-evaluator.")
         self.report_to = [t for t in self.report_to if t not in ("none", "")]
+        from ..core.modeling import check_device, check_device_map
+
+        check_device(self.device)  # a GPU this machine lacks: one line now, not a traceback after the data loaded
+        if isinstance(self.device_map, str) and self.device_map.strip().lower() in ("none", ""):
+            self.device_map = None
+        check_device_map(self.device_map, self.device)
+
+    def loading(self) -> dict[str, Any]:
+        """How the model is loaded, beyond `model`/`adapter`/`gguf_file`/`dtype`: the base model a LoRA run folder
+        given as --model resolves to, `trust_remote_code` and `device_map` (only those that are set, so results made
+        before these options existed still resume)."""
+        from ..core.modeling import is_adapter_folder, resolve_model
+
+        out: dict[str, Any] = {}
+        if self.gguf_file is None and is_adapter_folder(self.model):
+            out["base_model"] = resolve_model(self.model, self.adapter)[0]
+        if self.trust_remote_code:
+            out["trust_remote_code"] = True
+        if self.device_map is not None:
+            out["device_map"] = self.device_map
+        return out
 
     def record(self) -> dict[str, Any]:
         """The run-level choices every metrics.json records, whatever the method."""
         from .. import __version__
 
         return {"catto_version": __version__, "model": self.model, "gguf_file": self.gguf_file,
-                "adapter": self.adapter, "dtype": self.dtype,
+                "adapter": self.adapter, "dtype": self.dtype, "trust_remote_code": self.trust_remote_code,
+                "device_map": self.device_map, **self.loading(),
                 "binning": {"n_bins": self.n_bins, "scheme": self.binning},
                 "bootstrap": {"n_resamples": self.bootstrap, "seed": self.seed,
                               "interval": "percentile, 95 % (ECE also basic/bias-aware, see catto.eval.metrics)"},
@@ -254,6 +286,26 @@ def check_settings(folder: str, settings: Mapping[str, Any], *, overwrite: bool)
             if os.path.exists(os.path.join(folder, name)):
                 os.remove(os.path.join(folder, name))
     write_json_atomic(path, settings)
+
+
+def check_results_file(path: str) -> None:
+    """Every line of a results file a resume will read is JSON (a torn last line is an interrupted append, which the
+    resume drops): a damaged file is one line naming it before the model loads, not after."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip() or i >= len(lines) - 2:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            row = err
+        if not isinstance(row, dict):
+            reason = row.msg if isinstance(row, json.JSONDecodeError) else f"a {type(row).__name__}, not an object"
+            raise DataError(f"{path}: line {i + 1} is not a result record ({reason}); refusing to resume. Fix: delete "
+                            "the file; its items are then scored again.")
 
 
 def _short(value: Any) -> str:
@@ -384,7 +436,8 @@ class EvalRunner:
 
             a = self.args
             self._model = load_model_and_tokenizer(a.model, dtype=a.dtype, device=a.device, gguf_file=a.gguf_file,
-                                                   adapter=a.adapter)
+                                                   adapter=a.adapter, trust_remote_code=a.trust_remote_code,
+                                                   device_map=a.device_map)
         return self._model
 
     # -- running -----------------------------------------------------------------------------------------------
@@ -420,7 +473,7 @@ class EvalRunner:
         a = self.args
         config = spec.config.to_dict() if spec.config is not None and hasattr(spec.config, "to_dict") else None
         return {"method": spec.name, "config": config, "model": a.model, "gguf_file": a.gguf_file,
-                "adapter": a.adapter, "dtype": a.dtype, "data": dataset.spec, "split": a.split,
+                "adapter": a.adapter, "dtype": a.dtype, **a.loading(), "data": dataset.spec, "split": a.split,
                 "items": len(items), "data_fingerprint": items_fingerprint(items),
                 "fewshot": [f.id for f in dataset.fewshot], "fit": self._fit_record()}
 
@@ -442,8 +495,10 @@ class EvalRunner:
         for spec in methods:
             self._check_method(spec)
         ensure_writable(a.out)
-        from ..core.modeling import check_model_folder
+        from ..core.modeling import check_model_folder, resolve_model
 
+        if a.gguf_file is None:
+            resolve_model(a.model, a.adapter)  # a LoRA run folder as --model and --adapter too: refused here
         check_model_folder(a.model, a.gguf_file)  # before anything else names the model
         if a.adapter is not None and not os.path.isfile(os.path.join(a.adapter, "adapter_config.json")):
             raise ConfigError(f"--adapter {a.adapter}: no adapter_config.json; it is not a PEFT adapter folder. Fix: "
@@ -457,12 +512,14 @@ class EvalRunner:
                 if spec.cls is not None and spec.evaluator is None and loaded.name != spec.name:
                     raise ConfigError(f"--load-evaluator {a.load_evaluator} holds a {loaded.name!r} evaluator, not "
                                       f"{spec.name!r}. Fix: pass --method {loaded.name}.")
-        for spec in methods:  # refuse a mismatched resume before the model is loaded
+        for spec in methods:  # refuse a mismatched resume, or a damaged results file, before the model is loaded
             for d in self.datasets.values():
                 if spec.cls is not None and spec.evaluator is None and spec.results_dir is None:
                     items = d.items[a.fit_first:] if a.fit_first else d.items
                     check_settings(folder_of(spec.name, d.name), self.settings_for(spec, d, items),
                                    overwrite=a.overwrite)
+                    if spec.cls.resumable:
+                        check_results_file(os.path.join(folder_of(spec.name, d.name), "results.jsonl"))
         model, tokenizer = self.model()
         shared: dict[str, Any] = {}
         for spec in methods:
@@ -520,8 +577,18 @@ class EvalRunner:
         if not os.path.exists(path):
             raise ConfigError(f"--load {spec.name}={spec.results_dir} is neither a saved evaluator (evaluator.json) "
                               f"nor a catto eval folder with results for {d.name} (expected {path}).")
+        by_id = {}
         with open(path) as f:
-            by_id = {r.id: r for r in (ItemResult.from_dict(json.loads(line)) for line in f if line.strip())}
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = ItemResult.from_dict(json.loads(line))
+                except (ValueError, TypeError, KeyError) as err:
+                    raise DataError(f"--load {spec.name}: {path} line {number} is not a result record "
+                                    f"({str(err).splitlines()[0] if str(err) else type(err).__name__}). Fix: run "
+                                    f"that evaluation again (catto eval --out {spec.results_dir}).") from None
+                by_id[record.id] = record
         missing = [it.id for it in items if it.id not in by_id]
         if missing:
             raise ConfigError(f"--load {spec.name} has no results for {len(missing)} item(s) of {d.name}, e.g. "
@@ -577,7 +644,7 @@ def write_eval_plots(curves: Mapping[str, tuple[list, list]], folder: str, title
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        logger.warning("matplotlib is not installed (pip install 'catto[plots]'): no plots written.")
+        logger.warning("matplotlib is not installed (pip install matplotlib): no plots written.")
         return {"skipped": "matplotlib not installed"}
     from ..eval.plots import reliability_diagram, risk_coverage_plot
 

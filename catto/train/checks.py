@@ -227,18 +227,63 @@ def trained_settings(script_args, training_args, model_args) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=str))
 
 
+def recorded_settings(checkpoint: str) -> tuple[dict[str, Any] | None, str | None]:
+    """`(settings, file)` a checkpoint was trained with: its own `catto_train_settings.json` (written into every
+    checkpoint by `CheckpointSettingsCallback`, so a checkpoint copied away from its run keeps them), else its run
+    folder's; `(None, None)` when neither exists. (The checkpoint's `training_args.bin` is a pickle: catto does not
+    unpickle a file that may come from elsewhere.)"""
+    for folder in (checkpoint, os.path.dirname(os.path.abspath(checkpoint))):
+        record = os.path.join(folder, SETTINGS_FILE)
+        if not os.path.exists(record):
+            continue
+        try:
+            with open(record) as f:
+                old = json.load(f)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{record} is damaged ({err.msg}), so the settings of the checkpoint to resume are "
+                            "unknown. Fix: restore it from the run, or start a new run in a new --output_dir.") from None
+        if not isinstance(old, dict):
+            raise DataError(f"{record} holds no settings (a {type(old).__name__}). Fix: restore it from the run, or "
+                            "start a new run in a new --output_dir.")
+        return old, record
+    return None, None
+
+
 def check_resume_settings(checkpoint: str, settings: dict[str, Any]) -> None:
-    """Refuse to resume `checkpoint` with settings other than those its run recorded."""
-    record = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), SETTINGS_FILE)
-    if not os.path.exists(record):
-        return  # a run from before catto recorded its settings: nothing to compare
-    with open(record) as f:
-        old = json.load(f)
+    """Refuse to resume `checkpoint` with settings other than those it was trained with (`recorded_settings`); a
+    checkpoint with no record (an older catto's, copied away from its run, or another trainer's) is resumed with a
+    one-line warning that nothing could be compared."""
+    old, record = recorded_settings(checkpoint)
+    if old is None:
+        from .._logging import get_logger
+
+        get_logger(__name__).warning(
+            f"resume_from_checkpoint {checkpoint!r}: neither the checkpoint nor its run folder holds {SETTINGS_FILE}, "
+            "so catto cannot check that this resume keeps the run's settings (catto_alpha, loss, data, model, ...); "
+            "make sure they are the run's own.")
+        return
     differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
     if differ:
         shown = ", ".join(f"{k} ({old.get(k)!r} there, {settings.get(k)!r} now)" for k in differ[:4])
-        raise RecipeError(f"resume_from_checkpoint {checkpoint!r} was trained with other settings: {shown}. Fix: "
-                          "resume with the run's own settings, or start a new run in a new --output_dir.")
+        raise RecipeError(f"resume_from_checkpoint {checkpoint!r} was trained with other settings ({record}): "
+                          f"{shown}. Fix: resume with the run's own settings, or start a new run in a new "
+                          "--output_dir.")
+
+
+def checkpoint_settings_callback(settings: dict[str, Any]):
+    """A `TrainerCallback` writing `settings` as `catto_train_settings.json` into every checkpoint the Trainer saves."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from ..io import write_json_atomic
+
+    class CheckpointSettingsCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if state.is_world_process_zero and os.path.isdir(folder):
+                write_json_atomic(os.path.join(folder, SETTINGS_FILE), settings)
+
+    return CheckpointSettingsCallback()
 
 
 def preflight(script_args, training_args, model_args) -> dict[str, Any]:

@@ -70,11 +70,29 @@ def split_launch_args(argv: list[str]) -> tuple[list[str], list[str]]:
                     raise RecipeError(f"{name} needs a value.")
                 value = argv[i + 1]
                 i += 1
-            launch += [name, value]
+            launch += [name, _checked_launch_value(name, value)]
         else:
             script.append(arg)
         i += 1
     return launch, script
+
+
+def _checked_launch_value(name: str, value: str) -> str:
+    """`--num_processes` >= 1 and `--main_process_port` a port number, checked here: accelerate would stop with a
+    traceback (or hang waiting for processes that never start)."""
+    limits = {"--num_processes": (1, None, "a whole number of processes >= 1"),
+              "--main_process_port": (1, 65535, "a port number from 1 to 65535")}
+    if name not in limits:
+        return value
+    low, high, what = limits[name]
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        example = 29500 if name == "--main_process_port" else 1
+        raise RecipeError(f"{name} {value!r}: must be {what}. Fix: e.g. {name} {example}.")
+    return value
 
 
 def build_launch_command(argv: list[str]) -> list[str]:
@@ -85,9 +103,12 @@ def build_launch_command(argv: list[str]) -> list[str]:
     from .distributed import accelerate_config_env, check_launch
     from .script import load_calibration_items, load_preference_data
 
+    from .script import check_output_writable
+
     launch, script = split_launch_args(argv)
     script_args, training_args, model_args = parse_args(script)
     preflight(script_args, training_args, model_args)
+    check_output_writable(training_args.output_dir)
     load_preference_data(script_args, training_args)
     if script_args.calibration_eval_data:
         load_calibration_items(script_args)

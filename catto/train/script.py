@@ -28,7 +28,14 @@ from trl import ScriptArguments
 
 from ..errors import CattoError
 from .._logging import get_logger
-from .checks import SETTINGS_FILE, RecipeError, clear_output_dir, preflight, resolve_resume
+from .checks import (
+    SETTINGS_FILE,
+    RecipeError,
+    checkpoint_settings_callback,
+    clear_output_dir,
+    preflight,
+    resolve_resume,
+)
 from .config import CATTOConfig
 
 logger = get_logger(__name__)
@@ -163,7 +170,14 @@ def _read_recipe(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise RecipeError(f"--config {path!r}: no such file. Fix: pass the path of a recipe YAML (see recipes/).")
     with open(path) as f:
-        recipe = yaml.safe_load(f)
+        try:
+            recipe = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(f"recipe {path}:{where}: not valid YAML ({what}). Fix: one `key: value` per line (quote "
+                              "values holding ': ' or '#').") from None
     if not isinstance(recipe, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping of option: value, got {type(recipe).__name__}.")
     return recipe
@@ -261,6 +275,20 @@ def load_preference_data(script_args, training_args):
     return train, evaluation
 
 
+def check_output_writable(output_dir: str) -> None:
+    """Create `output_dir` and write a file there, before any model loads: an unwritable folder is one line naming
+    it, not a traceback from the training job (and the launcher's CalledProcessError)."""
+    probe = os.path.join(output_dir, f".catto-write-check-{os.getpid()}")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise RecipeError(f"output_dir {output_dir!r} cannot be written ({err.strerror or err}). Fix: pass an "
+                          "--output_dir you can write to.") from None
+
+
 def load_calibration_items(script_args):
     from ..data import load_mcqa
 
@@ -284,6 +312,7 @@ def main(script_args, training_args, model_args) -> Any:
     from .trainer import CATTODPOTrainer
 
     settings = preflight(script_args, training_args, model_args)
+    check_output_writable(training_args.output_dir)
     train, evaluation = load_preference_data(script_args, training_args)
     calibration_items = load_calibration_items(script_args) if script_args.calibration_eval_data else None
 
@@ -301,6 +330,8 @@ def main(script_args, training_args, model_args) -> Any:
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
+    trainer.model_card_dataset_name = script_args.dataset_name or script_args.mcqa_data  # named in README.md
+    trainer.add_callback(checkpoint_settings_callback(settings))  # a checkpoint copied away keeps its settings
     if calibration_items is not None:
         CalibrationEvalCallback(
             calibration_items, trainer.processing_class,
@@ -324,9 +355,10 @@ def main(script_args, training_args, model_args) -> Any:
         write_json_atomic(os.path.join(out, SETTINGS_FILE), settings)
     trainer.accelerator.wait_for_everyone()
     trainer.train(resume_from_checkpoint=resolve_resume(training_args))
-    trainer.save_model(training_args.output_dir)
+    trainer.save_model(training_args.output_dir)  # and the model card (README.md): settings and final metrics
     trainer.save_state()  # trainer_state.json: the full log history, for plots and for comparing runs
-    trainer.accelerator.print(f"[catto train] saved the model and trainer_state.json to {training_args.output_dir}")
+    trainer.accelerator.print(f"[catto train] saved the model, its card (README.md) and trainer_state.json to "
+                              f"{training_args.output_dir}")
     return trainer
 
 

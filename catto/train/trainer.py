@@ -12,6 +12,10 @@ with its adapters disabled.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+
 import torch
 from transformers.utils import is_peft_available
 from trl import DPOTrainer
@@ -74,6 +78,66 @@ def _check_eos(args: CATTOConfig, processing_class) -> int | None:
         raise ConfigError("catto_exclude_eos=True, but the processing class has no eos_token_id to leave out. Fix: "
                           "set the tokenizer's eos_token, or catto_exclude_eos=False.")
     return eos
+
+
+def _hub_dataset_id(name: str | None) -> str | None:
+    """`name` when it reads as a hub dataset id (`org/name`, not a local path or a catto MCQA spec), else None: TRL's
+    card links the dataset to the hub."""
+    if not name or ":" in name or name.startswith(("/", ".", "~")) or os.path.exists(name):
+        return None
+    return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
+
+
+# Logged metrics the model card reports: the term's token statistics (train and DPO eval) and the held-out MCQA ones.
+CARD_METRIC_PREFIXES = ("catto/", "eval_catto/", "eval_calibration/")
+
+
+def _card_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return f"`{value}`"
+
+
+def _add_catto_card_section(trainer, path: str, dataset_name: str | None) -> None:
+    """Insert the calibration settings and the last logged calibration metrics into the card at `path`."""
+    from huggingface_hub import ModelCard
+
+    from .. import __version__
+
+    args = trainer.args
+    settings = [(f.name, getattr(args, f.name)) for f in dataclasses.fields(args) if f.name.startswith("catto_")]
+    last: dict[str, tuple[float, int | None]] = {}
+    for entry in trainer.state.log_history:
+        for key, value in entry.items():
+            if key.startswith(CARD_METRIC_PREFIXES) and isinstance(value, (int, float)):
+                last[key] = (value, entry.get("step"))
+    lines = ["## Calibration (CATTO)", "",
+             f"Trained with catto {__version__}'s `CATTODPOTrainer`: the DPO loss (`loss_type` {args.loss_type}, "
+             f"`beta` {args.beta}) plus `catto_alpha` times the token-level calibration term of CATTO "
+             "(`catto_alpha` 0 is plain DPO)."
+             + (f" Training data: `{dataset_name}`." if dataset_name else ""), "",
+             "### Calibration settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| `{name}` | {_card_value(value)} |" for name, value in settings]
+    lines += ["", "### Final calibration metrics", ""]
+    if last:
+        lines += ["The last logged value of each: `catto/*` over the response tokens of the last training logging "
+                  "window, `eval_catto/*` on the DPO eval set, `eval_calibration/*` on the held-out MCQA items of the "
+                  "calibration callback.", "", "| metric | value | step |", "|---|---|---|"]
+        lines += [f"| `{key}` | {_card_value(float(value))} | {step} |" for key, (value, step) in sorted(last.items())]
+    else:
+        lines += ["No calibration metric has been logged yet."]
+    card = ModelCard.load(path)
+    text = card.text
+    base = getattr(trainer.model.config, "_name_or_path", None)
+    if base:  # TRL names no base model for a local folder ("[None](https://huggingface.co/None)")
+        text = text.replace("[None](https://huggingface.co/None)", f"`{base}`")
+    if args.hub_model_id is None:  # and its quick start loads model "None": load the folder the card is in
+        text = text.replace('model="None"', f'model="{os.path.dirname(os.path.abspath(path))}"')
+    anchor = "### Framework versions"
+    section = "\n".join(lines) + "\n\n"
+    text = text.replace(anchor, section + anchor, 1) if anchor in text else text.rstrip() + "\n\n" + section
+    card.text = text
+    card.save(path)
 
 
 class CATTODPOTrainer(DPOTrainer):
@@ -190,6 +254,34 @@ class CATTODPOTrainer(DPOTrainer):
         if self.args.prefix_sharing:
             self._install_prefix_sharing()
         return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    # What `catto train` trained on (its `dataset_name` or `mcqa_data` spec), for the model card; None: not named.
+    model_card_dataset_name: str | None = None
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None):
+        """TRL's model card (`output_dir/README.md`) plus what was trained: every `catto_*` setting and the last logged
+        value of each calibration metric (`catto/*`, `eval_catto/*`, `eval_calibration/*`), and the training data
+        (`dataset_name`, else `model_card_dataset_name`). For a LoRA run PEFT's metadata (library, base model, PEFT
+        version) is kept. TRL writes the card at every checkpoint; `save_model` writes it with the final model."""
+        if not self.is_world_process_zero():
+            return
+        dataset_name = dataset_name or self.model_card_dataset_name
+        super().create_model_card(model_name=model_name, dataset_name=_hub_dataset_id(dataset_name), tags=tags)
+        _add_catto_card_section(self, os.path.join(self.args.output_dir, "README.md"), dataset_name)
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, PeftModel):  # TRL's card replaced PEFT's: put its metadata back
+            model.create_or_update_model_card(self.args.output_dir)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, then, for the final model in `output_dir`, the model card (`create_model_card`);
+        without it a LoRA run's card would be PEFT's empty template."""
+        super().save_model(output_dir, _internal_call)
+        same = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
+        if not _internal_call and same and self.is_world_process_zero():
+            name = (self.args.hub_model_id or "").split("/")[-1] or os.path.basename(
+                os.path.normpath(self.args.output_dir))
+            self.create_model_card(model_name=name)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self._catto_mode is None:
