@@ -208,11 +208,13 @@ def test_refusals(tmp_path, tokenizer, overrides, match):
     assert "\n" not in str(err.value) and "prefix_sharing=False" in str(err.value)
 
 
-def test_flash_attention_is_refused(tmp_path, tokenizer):
-    model = make_model(seed=0)
-    model.config._attn_implementation = "flash_attention_2"
+@pytest.mark.parametrize("attention,match", [("flash_attention_2", "cannot express"),
+                                             ("flex_attention", "block masks yet")])
+def test_attention_backends_that_cannot_take_the_mask_are_refused(tmp_path, attention, match):
     from catto.train.prefix_sharing import check_prefix_sharing
 
-    with pytest.raises(ConfigError, match="sdpa or eager") as err:
+    model = make_model(seed=0)
+    model.config._attn_implementation = attention
+    with pytest.raises(ConfigError, match=match) as err:
         check_prefix_sharing(CATTOConfig(output_dir=str(tmp_path), prefix_sharing=True, **COMMON), model)
-    assert "attn_implementation='sdpa'" in str(err.value)
+    assert "attn_implementation='sdpa'" in str(err.value) and "prefix_sharing=False" in str(err.value)

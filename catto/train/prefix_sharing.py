@@ -102,6 +102,9 @@ def check_prefix_sharing(args, model, *, peft_config=None) -> None:
     mask, options that change what the backbone receives."""
     fix = "Fix: set prefix_sharing=False"
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl == "flex_attention":
+        raise ConfigError(f"prefix_sharing does not build flex_attention block masks yet. {fix}, or load the model "
+                          "with attn_implementation='sdpa'.")
     if impl not in SUPPORTED_ATTENTION:
         raise ConfigError(f"prefix_sharing needs an attention backend that takes a custom mask (sdpa or eager); this "
                           f"model uses {impl!r}, which cannot express it. {fix}, or load the model with "
