@@ -1,0 +1,104 @@
+"""Where the evaluation of the demo and the calibration study spends its time, per phase, on a real model.
+
+One trained-model evaluation of the study is, per set: cloze MCQA scoring of N items (`catto.eval.scoring`, the
+context once through the model with its KV cache repeated for the options), held-out token calibration of the same
+items as answer-text pairs (`catto.eval.token`), and the metrics with their bootstrap intervals
+(`catto.pipeline.study_analysis`). This script times each phase on one set with the study's settings, the token
+phase both ways (one row per pair with prefix sharing, and two rows per pair as before), and records wall and CPU
+time (`time.process_time`: on a shared CPU it leaves out the time spent waiting for a core), plus a cProfile of the
+slowest phase's top functions.
+
+    M=$(python -c "from catto.pipeline.assets import default_model_dir; print(default_model_dir())")
+    OMP_NUM_THREADS=2 python benchmarks/profile_eval.py --model $M --items 200 \
+        --out benchmarks/results/profile_eval_cpu.json
+
+The model is the demo's SmolLM2-135M-Instruct (made by `catto demo`), the set CommonsenseQA dev from
+`catto.pipeline.assets.shared_data_dir()` by default; a seeded random sample as in the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import platform
+import pstats
+import sys
+import time
+
+import torch
+
+from catto.core.modeling import load_model_and_tokenizer
+from catto.data import mcqa_to_preference
+from catto.eval.scoring import ScoringConfig, score_items
+from catto.eval.token import TokenEvalConfig, token_calibration
+from catto.io import write_json_atomic
+from catto.pipeline import study_analysis
+from catto.pipeline.assets import default_model_dir, shared_data_dir
+from catto.pipeline.study import sample_items
+
+
+def timed(fn, *args, **kwargs):
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return out, {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(default_model_dir()))
+    ap.add_argument("--data", default=f"commonsense_qa:{shared_data_dir() / 'commonsense_qa' / 'dev_rand_split.jsonl'}")
+    ap.add_argument("--split", default=None)
+    ap.add_argument("--items", type=int, default=200)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--out", default=None, help="JSON report (default: print only)")
+    args = ap.parse_args(argv)
+
+    items = sample_items(args.data, args.split, args.items, seed=0)
+    pairs = list(mcqa_to_preference(items, prompt_format="cloze", rejected="random", seed=0))
+    (model, tokenizer), load = timed(load_model_and_tokenizer, args.model, dtype="float32", device="cpu")
+    phases = {"load_model": load}
+    mcqa, phases["cloze_scoring"] = timed(score_items, model, tokenizer, items,
+                                          config=ScoringConfig("cloze", cloze_normalization="char"), batch_size=16,
+                                          progress=False)
+    for sharing in (True, False):
+        tokens, phases[f"token_calibration_{'shared' if sharing else 'two_rows'}"] = timed(
+            token_calibration, model, tokenizer, pairs, config=TokenEvalConfig(prefix_sharing=sharing),
+            progress=False)
+    _, phases["mcqa_metrics"] = timed(study_analysis.mcqa_metrics, mcqa, args.bootstrap)
+    _, phases["token_metrics"] = timed(study_analysis.token_metrics_of, tokens, args.bootstrap)
+    slowest = max(("cloze_scoring", "token_calibration_shared"), key=lambda k: phases[k]["cpu_s"])
+    profiler = cProfile.Profile()
+    profiler.enable()
+    if slowest == "cloze_scoring":
+        score_items(model, tokenizer, items[:50], config=ScoringConfig("cloze", cloze_normalization="char"),
+                    batch_size=16, progress=False)
+    else:
+        token_calibration(model, tokenizer, pairs[:50], progress=False)
+    profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(12)
+    total = sum(v["cpu_s"] for k, v in phases.items() if k not in ("load_model", "token_calibration_two_rows"))
+    report = {
+        "command": "python benchmarks/profile_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": args.model, "data": args.data, "items": len(items), "bootstrap": args.bootstrap,
+        "phases": phases,
+        "share_of_one_set_cpu": {k: v["cpu_s"] / total for k, v in phases.items()
+                                 if k not in ("load_model", "token_calibration_two_rows")},
+        "token_shared_vs_two_rows_cpu": phases["token_calibration_shared"]["cpu_s"]
+        / phases["token_calibration_two_rows"]["cpu_s"],
+        "profiled_phase": slowest, "profile_top_tottime": stream.getvalue().splitlines()[:40],
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": "cpu"},
+    }
+    for name, v in phases.items():
+        print(f"{name:<28} wall {v['wall_s']:7.1f} s   CPU {v['cpu_s']:7.1f} s")
+    print(f"token calibration, shared / two rows (CPU): {report['token_shared_vs_two_rows_cpu']:.3f}")
+    if args.out:
+        write_json_atomic(args.out, report)
+        print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
