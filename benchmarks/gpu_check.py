@@ -9,7 +9,11 @@ Run it through `benchmarks/gpu_check.sh` (which installs what it needs first); 8
    PyPI, as `catto demo`; a tiny random Llama when that cannot be fetched);
 3. `zero3_1proc`, `fsdp2_1proc`: the same recipe under `--accelerate_config zero3` / `fsdp2` with 1 process;
 4. `qlora`: bitsandbytes 4-bit (NF4) + LoRA;
-5. `overhead_32k`, `overhead_152k`: `benchmarks/overhead.py` (CATTO vs DPO step time and peak memory).
+5. `overhead_32k`, `overhead_152k`: `benchmarks/overhead.py` (CATTO, and CATTO with prefix sharing, vs DPO: step
+   time, peak memory, and the shared run's losses against the unshared one's).
+
+The prefix-sharing equality on the GPU (sdpa; Llama and Gemma 3 with a sliding window) is in `cuda_tests`. flex
+attention is refused with prefix sharing for now (no block masks are built), so it has no check here.
 
 Without a GPU (or with `--dry-run`) it runs what a CPU can: the same launches on CPU (the rehearsal configs
 `zero3_cpu` / `fsdp2_cpu`, fp32), the CUDA tests collected but not run, QLoRA's fail-fast message, and overhead.py at
@@ -240,13 +244,17 @@ def main() -> int:
                 size = ["--device", "cpu", "--hidden", "64", "--layers", "2", "--seq", "64", "--batch", "2",
                         "--steps", "2", "--warmup", "1", "--no-memory"]
             check.sh(f"overhead_{vocab}", [py, "benchmarks/overhead.py", "--vocab", str(vocab), *size,
-                                           "--out", str(out)], timeout=150)
+                                           "--with-catto-shared", "--out", str(out)], timeout=150)
             with open(out) as f:
                 result = json.load(f)
             ratios = result["ratios"]["catto/dpo"]
+            shared = result["ratios"]["catto_shared/dpo"]
             return {"vocab": vocab, "time_catto_over_dpo": ratios.get("time_median"),
                     "peak_memory_catto_over_dpo": ratios.get("peak_rss_delta"),
-                    "median_step_s": {m: result["time"][m]["median_s"] for m in ("dpo", "catto")},
+                    "time_catto_shared_over_dpo": shared.get("time_median"),
+                    "peak_memory_catto_shared_over_dpo": shared.get("peak_rss_delta"),
+                    "catto_shared_max_abs_loss_diff_vs_catto": result.get("catto_shared_max_abs_loss_diff_vs_catto"),
+                    "median_step_s": {m: result["time"][m]["median_s"] for m in ("dpo", "catto", "catto_shared")},
                     "command": result.get("command")}
         return fn
 

@@ -125,3 +125,14 @@ def test_bf16_training_on_cuda(cuda, tmp_path):
     b = [h["loss"] for h in dpo.state.log_history if "loss" in h]
     assert a == pytest.approx(b, rel=1e-5)
     assert [h["loss"] for h in logs] != pytest.approx(b, rel=1e-5)  # the term changed the training
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_prefix_sharing_on_cuda_matches_two_rows(cuda, tmp_path, arch):
+    """The shared rows on the GPU (sdpa, fp32): the same loss, gradients and metrics as TRL's two rows."""
+    from test_prefix_sharing import assert_same, mixed_dataset, trainer_pair
+
+    plain, shared = trainer_pair(tmp_path, make_tokenizer(), arch=arch, attention="sdpa", dataset=mixed_dataset(),
+                                 catto_alpha=0.5)
+    assert shared.accelerator.device.type == "cuda"
+    assert_same(plain, shared, atol=1e-4)
