@@ -515,3 +515,28 @@ def test_resume_refuses_a_changed_dpo_objective(tmp_path, field, value):
     # a record written before catto recorded `field` resumes: nothing to compare it with
     (tmp_path / SETTINGS_FILE).write_text(json.dumps({k: v for k, v in before.items() if k != field}))
     check_resume_settings(checkpoint, after)
+
+
+def test_every_row_of_the_option_table_names_tests_that_exist():
+    """docs/training.md's option table: every row names at least one test, and each named test is defined."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "training.md")) as f:
+        text = f.read()
+    section = text.split("### Which `DPOConfig` options work with the term", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| option")]
+    assert len(rows) >= 25
+    for row in rows:
+        test_cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+        found = re.findall(r"(tests/[\w/]+\.py)?::(test_\w+)", test_cell) or re.findall(r"`(tests/test_\w+\.py)`",
+                                                                                        test_cell)
+        assert found, row
+        current = "tests/test_dpo_options.py"
+        for item in found:
+            path, name = item if isinstance(item, tuple) else (item, None)
+            current = path or current
+            with open(os.path.join(root, current)) as f:
+                source = f.read()
+            assert name is None or re.search(rf"^def {name}\(", source, re.M), (current, name)
