@@ -19,9 +19,12 @@ class CATTOConfig(DPOConfig):
     Configuration class for the [`CATTODPOTrainer`]: every [`~trl.DPOConfig`] parameter, plus the CATTO term.
 
     The total loss is the DPO loss (any `loss_type`, including weighted lists) plus `catto_alpha` times the mean, over
-    the response tokens of the micro-batch, of the per-token calibration loss. The defaults are the paper's where it is
-    clear (λ = 0.1, the L1 form) and otherwise the arm the calibration study's written rule kept (docs/results.md:
-    no other arm beat them beyond noise; the recipes for the demo model use λ = 0.3).
+    the response tokens of the micro-batch, of the per-token calibration loss. Two `DPOConfig` options are refused with
+    a `catto.errors.ConfigError` (docs/training.md has the table of every option and its test): `padding_free=True`
+    (TRL 1.16 ignores it) and context/sequence parallelism (`parallelism_config` with `cp_size` or `sp_size` > 1).
+    The defaults are the paper's where it is clear (λ = 0.1, the L1 form) and otherwise the arm the calibration study's
+    written rule kept (docs/results.md: no other arm beat them beyond noise; the recipes for the demo model use
+    λ = 0.3).
 
     Parameters:
         > Parameters of the CATTO term
@@ -140,7 +143,9 @@ class CATTOConfig(DPOConfig):
 
     @classmethod
     def from_dpo_config(cls, config: DPOConfig, **catto_kwargs) -> CATTOConfig:
-        """A `CATTOConfig` with every setting of an existing `DPOConfig` (secrets included) plus `catto_kwargs`.
+        """A `CATTOConfig` with every setting of an existing `DPOConfig` (secrets included) plus `catto_kwargs`; fields
+        that a `DPOConfig` subclass adds and `CATTOConfig` lacks are left out (`CATTODPOTrainer` names them in its log
+        line when it converts a config).
 
         Example:
             >>> from trl import DPOConfig

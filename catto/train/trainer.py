@@ -187,7 +187,7 @@ class CATTODPOTrainer(DPOTrainer):
         if _keep_4bit_weights_trainable(self.model):  # a model TRL loaded, then ran without gradient (precompute)
             logger.info("bitsandbytes had repacked 4-bit weights for CPU inference; restored them for training.")
         # Sequence sharding set up by the launcher (accelerate config) rather than `args.parallelism_config`.
-        check_sequence_sharding(self.accelerator.parallelism_config, args)
+        check_sequence_sharding(getattr(self.accelerator, "parallelism_config", None), args)
         # Per-mode sums behind the catto/* metrics, accumulated over the logging window (see `log`).
         self._catto_sums = {"train": None, "eval": None}
         # Which pass computes the statistics: "fused" (with gradient, replaces TRL's LM-head kernel on the policy
