@@ -90,8 +90,8 @@ def _as_catto_config(args) -> CATTOConfig:
     dropped = sorted(f.name for f in dataclasses.fields(args) if f.init and f.name not in own)
     defaults = ", ".join(f"{f.name}={getattr(converted, f.name)!r}" for f in dataclasses.fields(CATTOConfig)
                          if f.name in ("catto_alpha", "catto_confidence", "catto_margin", "catto_loss_form"))
-    logger.info(f"args is a {type(args).__name__}, not a CATTOConfig: converted with CATTOConfig.from_dpo_config (every "
-                f"DPO setting kept; catto defaults {defaults}"
+    logger.info(f"args is a {type(args).__name__}, not a CATTOConfig: converted with CATTOConfig.from_dpo_config "
+                f"(every DPO setting kept; catto defaults {defaults}"
                 + (f"; fields CATTOConfig does not have were dropped: {dropped}" if dropped else "") + ").")
     return converted
 
