@@ -342,7 +342,7 @@ def test_torch_compile(tmp_path, tokenizer):
     _assert_same_training(_train_compiled(tmp_path / "eager", tokenizer), compiled)
 
 
-@pytest.mark.slow  # reason: inductor compiles C++ kernels on CPU, about 80 s for two steps
+@pytest.mark.slow  # reason: inductor compiles C++ kernels on CPU: about 80 s cold (15 s with its /tmp cache warm)
 def test_torch_compile_inductor(tmp_path, tokenizer):
     compiled = _train_compiled(tmp_path / "compiled", tokenizer, torch_compile=True)
     _assert_same_training(_train_compiled(tmp_path / "eager", tokenizer), compiled)
