@@ -43,7 +43,7 @@ if [ -n "$VENV" ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 if [ "$INSTALL" = 1 ]; then
-    echo "[gpu_check] installing catto[test,deepspeed,quantization] into $($PY -c 'import sys; print(sys.prefix)') ..."
-    "$PY" -m pip install -q -e ".[test,deepspeed,quantization]"
+    echo "[gpu_check] installing catto[test,deepspeed,quantization] and liger-kernel into $($PY -c 'import sys; print(sys.prefix)') ..."
+    "$PY" -m pip install -q -e ".[test,deepspeed,quantization]" liger-kernel  # liger: a CUDA test of the option table
 fi
 exec "$PY" benchmarks/gpu_check.py --out "$OUT" --budget "$BUDGET" --started "$STARTED" "${DRY[@]}"

@@ -25,8 +25,12 @@ Packages, bottom to top; each imports only the ones below it (docs/design.md, ch
 from __future__ import annotations
 
 from ._lazy import lazy_attributes
+from ._logging import quiet_bitsandbytes_hub_kernel
 
 __version__ = "0.1.0"
+
+# Before anything imports bitsandbytes (peft does): its offline warnings about an optional hub kernel (catto._logging).
+quiet_bitsandbytes_hub_kernel()
 
 _LAZY = {
     "CATTOConfig": "catto.train.config",

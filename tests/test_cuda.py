@@ -6,7 +6,9 @@ green, they are simply not selected.
   autograd through full logits;
 - the model's fused pass on CUDA against TRL's own fused head (its Triton kernel) and the model's full logits;
 - `_addmm_fp32`'s direct fp32-output GEMM for bf16 inputs;
-- `CATTODPOTrainer` with `bf16=True` on CUDA: finite, metrics logged, and `catto_alpha=0` equal to `trl.DPOTrainer`.
+- `CATTODPOTrainer` with `bf16=True` on CUDA: finite, metrics logged, and `catto_alpha=0` equal to `trl.DPOTrainer`;
+- the rows of docs/training.md's option table that TRL 1.16 runs only on a GPU: `activation_offloading` and
+  `use_liger_kernel` (needs `pip install liger-kernel`, which `benchmarks/gpu_check.sh` installs).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import copy
 
 import pytest
 import torch
+from test_trainer import first_batch, first_rows
 from tiny import make_model, make_tokenizer, preference_dataset
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import add_fused_lm_head
@@ -136,3 +139,37 @@ def test_prefix_sharing_on_cuda_matches_two_rows(cuda, tmp_path, arch):
                                  catto_alpha=0.5)
     assert shared.accelerator.device.type == "cuda"
     assert_same(plain, shared, atol=1e-4)
+
+
+def test_activation_offloading_gives_the_same_step(cuda, tmp_path):
+    """activation_offloading=True (TRL moves saved activations to the CPU and back around the training step): the
+    same loss and gradients as without it, the CATTO term included (its exact value: tests/test_dpo_options.py)."""
+    from test_dpo_options import pair
+
+    results = []
+    for offload in (False, True):
+        catto, _ = pair(tmp_path / str(offload), make_tokenizer(), activation_offloading=offload)
+        catto.model.train()
+        catto.current_gradient_accumulation_steps = 1  # set by the training loop otherwise
+        loss = catto.training_step(catto.model, first_batch(catto))
+        results.append((loss.item(), [p.grad.clone() for p in catto.model.parameters()]))
+    (plain_loss, plain_grads), (offload_loss, offload_grads) = results
+    assert offload_loss == pytest.approx(plain_loss, rel=1e-6)
+    for a, b in zip(plain_grads, offload_grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_liger_layer_kernels_add_exactly_the_term(cuda, tmp_path):
+    """use_liger_kernel=True (TRL 1.16 applies Liger's layer kernels only, never its fused cross-entropy): CATTO minus
+    TRL's DPO loss with the same kernels is alpha times the term of the patched model's own full logits."""
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        pytest.fail("needs liger-kernel: pip install liger-kernel (benchmarks/gpu_check.sh installs it)")
+    from test_dpo_options import assert_adds_alpha_times_term, pair, sequences
+
+    catto, dpo = pair(tmp_path, make_tokenizer(), use_liger_kernel=True)
+    # Liger binds its kernels' forward onto the model's own modules: the final norm's is Liger's RMSNorm
+    assert catto.model.model.norm.forward.__func__.__module__.startswith("liger_kernel")
+    catto.model.train()
+    assert_adds_alpha_times_term(catto, dpo, catto.model, sequences(first_rows(catto)), grads=False, abs_tol=1e-4)

@@ -197,7 +197,6 @@ def test_off_by_default_and_then_untouched(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("overrides,match", [
     ({"truncation_mode": "keep_end"}, "truncation_mode='keep_start'"),
-    ({"padding_free": True}, "padding_free"),
 ])
 def test_refusals(tmp_path, tokenizer, overrides, match):
     model = make_model(seed=0)

@@ -273,8 +273,21 @@ def test_data_source_must_be_exactly_one(workspace, capsys):
     _fails(workspace, capsys, "--dataset_name", "x.jsonl", match="exactly one of `dataset_name`")
 
 
-def test_quantization_needs_cuda(workspace, capsys):
-    _fails(workspace, capsys, "--load_in_4bit", "true", "--use_peft", "true", match="load_in_4bit")
+def test_quantization_prerequisites(workspace, capsys, monkeypatch):
+    """Without a GPU, QLoRA needs bitsandbytes >= 0.50 (its CPU backend; tests/test_qlora.py trains with it); a 4-bit
+    model is never fully fine-tuned."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:  # the test extra installs it
+        _fails(workspace, capsys, "--load_in_4bit", "true", "--use_peft", "true", match="catto[quantization]")
+        return
+    _fails(workspace, capsys, "--load_in_4bit", "true", match=["use_peft: true"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.49.0" if name == "bitsandbytes" else version(name))
+    _fails(workspace, capsys, "--load_in_4bit", "true", "--use_peft", "true",
+           match=["load_in_4bit", "bitsandbytes >= 0.50", "found 0.49.0"])
 
 
 def test_eval_strategy_needs_an_eval_set(workspace, capsys):

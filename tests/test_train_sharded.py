@@ -153,6 +153,10 @@ def test_engine_check_catches_a_silent_fallback():
 
 
 def test_qlora_that_cannot_run_here_fails_before_launch(workspace, capsys, monkeypatch):
+    import importlib.metadata
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    version = importlib.metadata.version  # bitsandbytes >= 0.50 runs QLoRA on CPU (tests/test_qlora.py); older not
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.49.0" if name == "bitsandbytes" else version(name))
     _fails(workspace, capsys, "--accelerate_config", "single_process", "--load_in_4bit", "true", "--use_peft", "true",
            match=["load_in_4bit"])

@@ -265,13 +265,6 @@ def test_from_dpo_config_keeps_every_setting(tmp_path):
     assert cfg.catto_alpha == 0.2
 
 
-def test_rejects_a_plain_dpo_config(tmp_path, tokenizer):
-    with pytest.raises(TypeError, match="CATTOConfig"):
-        CATTODPOTrainer(model=make_model(), ref_model=make_model(),
-                        args=DPOConfig(output_dir=str(tmp_path), bf16=False),
-                        train_dataset=preference_dataset(4), processing_class=tokenizer)
-
-
 def test_model_card_names_the_method_and_cites_the_paper(tmp_path, tokenizer):
     """The model card TRL writes for a CATTODPOTrainer run carries catto's tag, trainer name and citation."""
     trainer = build(CATTODPOTrainer, tmp_path, tokenizer)

@@ -85,7 +85,10 @@ class ChunkedCalibrationStats(torch.autograd.Function):
     """Per-token LM-head statistics of `hidden @ weight.T (+ bias)` without materialising `[N, V]` logits.
 
     Returns `(log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1, top_log_probs, top_ids)`; the TRL
-    outputs not named in `outputs` are `None`. `log_probs`, `entropy` and `top_log_probs` are differentiable.
+    outputs not named in `outputs` are empty placeholders, never `None` (`chunked_calibration_stats` turns them into
+    `None`): under `torch.compile` (torch 2.13, any backend) an `autograd.Function` whose `None` outputs come before
+    non-differentiable ones loses the gradient of a later output, here `top_log_probs`, without an error.
+    `log_probs`, `entropy` and `top_log_probs` are differentiable.
 
     Every output is a function of the log-softmax at a few token ids, so the backward is
     `dL/dz_j = sum_k g_k (1[j = id_k] - p_j) - g_H p_j (log p_j + H)` over the label and the top-2 ids, formed on
@@ -165,22 +168,24 @@ class ChunkedCalibrationStats(torch.autograd.Function):
 
         log_z = running_max + torch.log(sum_exp)
         log_probs = target_logit - log_z
-        entropy = log_z - z_sum_exp / sum_exp if z_sum_exp is not None else None
-        log_sum_sq = torch.log(sq_sum_exp) - 2 * torch.log(sum_exp) if sq_sum_exp is not None else None
-        mean_logits = z_sum / vocab if z_sum is not None else None
+        empty = log_z.new_empty(0)  # the placeholder of an output not asked for (see the class docstring)
+        entropy = log_z - z_sum_exp / sum_exp if z_sum_exp is not None else empty.clone()
+        log_sum_sq = torch.log(sq_sum_exp) - 2 * torch.log(sum_exp) if sq_sum_exp is not None else empty.clone()
+        mean_logits = z_sum / vocab if z_sum is not None else empty.clone()
         top_ids = torch.stack(top_i, dim=-1)
-        is_top1 = top_ids[:, 0] == targets if "is_top1" in outputs else None
+        is_top1 = top_ids[:, 0] == targets if "is_top1" in outputs else empty.new_empty(0, dtype=torch.bool)
         top_log_probs = torch.stack(top_v, dim=-1) - log_z[:, None]
 
+        has_entropy = z_sum_exp is not None
         ctx.save_for_backward(hidden, weight, bias, targets, top_ids, log_z, entropy)
-        ctx.config = (acc_dtype, compute_dtype, token_chunk_size, vocab_chunk_size, logit_scale, softcap)
-        ctx.mark_non_differentiable(*(x for x in (log_sum_sq, mean_logits, is_top1, top_ids) if x is not None))
+        ctx.config = (acc_dtype, compute_dtype, token_chunk_size, vocab_chunk_size, logit_scale, softcap, has_entropy)
+        ctx.mark_non_differentiable(log_sum_sq, mean_logits, is_top1, top_ids, *(() if has_entropy else (entropy,)))
         return log_probs, entropy, log_sum_sq, mean_logits, is_top1, top_log_probs, top_ids
 
     @staticmethod
     def backward(ctx, g_logp, g_entropy, _g_sq, _g_mean, _g_top1, g_top, _g_ids):  # type: ignore[override]
         hidden, weight, bias, targets, top_ids, log_z, entropy = ctx.saved_tensors
-        acc_dtype, compute_dtype, token_chunk_size, vocab_chunk_size, logit_scale, softcap = ctx.config
+        acc_dtype, compute_dtype, token_chunk_size, vocab_chunk_size, logit_scale, softcap, has_entropy = ctx.config
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n_tokens = hidden.shape[0]
         # Per-token weights of (1[j = id] - p_j) for the label and the top-2 ids, as one [N, 3] gather/scatter.
@@ -191,7 +196,7 @@ class ChunkedCalibrationStats(torch.autograd.Function):
         if g_top is not None:
             coef[:, 1:] = g_top
         coef_sum = coef.sum(1)
-        g_entropy = g_entropy.to(acc_dtype) if g_entropy is not None else None
+        g_entropy = g_entropy.to(acc_dtype) if g_entropy is not None and has_entropy else None
 
         with maybe_gather_lm_head_ctx(weight, bias):
             grad_h = torch.zeros(hidden.shape, device=hidden.device, dtype=acc_dtype) if need_h else None
@@ -270,9 +275,12 @@ def chunked_calibration_stats(
     unknown = set(outputs) - set(TRL_OPTIONAL_OUTPUTS)
     if unknown:
         raise ValueError(f"Unknown outputs {sorted(unknown)}; allowed: {list(TRL_OPTIONAL_OUTPUTS)}.")
-    return ChunkedCalibrationStats.apply(
+    stats = ChunkedCalibrationStats.apply(
         hidden, weight, bias, targets, token_chunk_size, vocab_chunk_size, logit_scale, softcap, tuple(outputs)
     )
+    log_probs, *optional, top_log_probs, top_ids = stats
+    optional = [x if name in outputs else None for name, x in zip(TRL_OPTIONAL_OUTPUTS, optional)]
+    return (log_probs, *optional, top_log_probs, top_ids)
 
 
 def head_weight_and_bias(lm_head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:

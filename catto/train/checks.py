@@ -1,7 +1,8 @@
 """What `catto train` checks before any model is loaded: in the launching process (one process, seconds) and again
 in the training script (so `python -m catto.train` and `accelerate launch -m catto.train` get the same answers).
 
-- the model: its config is readable, a local folder has tokenizer files, QLoRA has bitsandbytes and a GPU;
+- the model: its config is readable, a local folder has tokenizer files, QLoRA has bitsandbytes (>= 0.50 without a
+  GPU: its CPU backend);
 - the output folder: a finished run (a saved model and trainer_state.json) or checkpoints are never trained over
   unless `resume_from_checkpoint` continues them or `overwrite_output_dir` replaces them;
 - the checkpoint to resume: it exists, and every file the Trainer reads (trainer state, weights, optimizer, scheduler)
@@ -26,9 +27,12 @@ SETTINGS_FILE = "catto_train_settings.json"
 # CATTOConfig / DPOConfig fields that change what a run learns: a resume must keep them.
 TRAINED_FIELDS = ("loss_type", "loss_weights", "beta", "learning_rate", "lr_scheduler_type", "weight_decay",
                   "optim", "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "max_length",
-                  "truncation_mode", "precompute_ref_log_probs", "label_smoothing", "use_weighting", "bf16")
+                  "truncation_mode", "precompute_ref_log_probs", "label_smoothing", "use_weighting", "bf16",
+                  "ld_alpha", "f_divergence_type", "f_alpha_divergence_coef", "discopop_tau", "sync_ref_model",
+                  "ref_model_mixup_alpha", "ref_model_sync_steps", "router_aux_loss_coef", "disable_dropout",
+                  "neftune_noise_alpha")
 MODEL_FIELDS = ("model_name_or_path", "model_revision", "dtype", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
-                "lora_target_modules", "load_in_4bit", "load_in_8bit")
+                "lora_target_modules", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant")
 DATA_FIELDS = ("dataset_name", "dataset_config", "dataset_train_split", "mcqa_data", "mcqa_train_split", "mcqa_limit",
                "mcqa_prompt_format", "mcqa_rejected", "mcqa_conversational", "mcqa_seed", "on_invalid")
 
@@ -64,13 +68,18 @@ def check_model(model_args) -> None:
         raise RecipeError(f"model_name_or_path {name!r}: no tokenizer files ({', '.join(TOKENIZER_FILES)}) in the "
                           "folder. Fix: save the tokenizer next to the model (tokenizer.save_pretrained(folder)).")
     if model_args.load_in_4bit or model_args.load_in_8bit:
+        import importlib.metadata
         import importlib.util
+
+        from packaging.version import Version
 
         if importlib.util.find_spec("bitsandbytes") is None:
             raise RecipeError("load_in_4bit/load_in_8bit (QLoRA) need bitsandbytes: pip install 'catto[quantization]'.")
-        if not torch.cuda.is_available():
-            raise RecipeError("load_in_4bit/load_in_8bit (QLoRA) need a CUDA GPU; on CPU train with LoRA "
-                              "(use_peft: true) and no quantization.")
+        version = importlib.metadata.version("bitsandbytes")
+        if not torch.cuda.is_available() and Version(version) < Version("0.50"):
+            raise RecipeError(f"load_in_4bit/load_in_8bit (QLoRA) without a CUDA GPU need bitsandbytes >= 0.50 (its "
+                              f"CPU backend; tested with 0.50.2), found {version}. Fix: pip install "
+                              "'bitsandbytes>=0.50', or train with LoRA (use_peft: true) and no quantization.")
         if not model_args.use_peft:
             raise RecipeError("A 4/8-bit model cannot be fully fine-tuned: set use_peft: true (QLoRA).")
     targets = model_args.lora_target_modules or []
@@ -262,7 +271,8 @@ def check_resume_settings(checkpoint: str, settings: dict[str, Any]) -> None:
             "so catto cannot check that this resume keeps the run's settings (catto_alpha, loss, data, model, ...); "
             "make sure they are the run's own.")
         return
-    differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    # A key the record lacks was added to the recorded settings after that run started: nothing to compare it with.
+    differ = sorted(k for k in set(old) | set(settings) if k in old and old.get(k) != settings.get(k))
     if differ:
         shown = ", ".join(f"{k} ({old.get(k)!r} there, {settings.get(k)!r} now)" for k in differ[:4])
         raise RecipeError(f"resume_from_checkpoint {checkpoint!r} was trained with other settings ({record}): "

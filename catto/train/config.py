@@ -19,9 +19,12 @@ class CATTOConfig(DPOConfig):
     Configuration class for the [`CATTODPOTrainer`]: every [`~trl.DPOConfig`] parameter, plus the CATTO term.
 
     The total loss is the DPO loss (any `loss_type`, including weighted lists) plus `catto_alpha` times the mean, over
-    the response tokens of the micro-batch, of the per-token calibration loss. The defaults are the paper's where it is
-    clear (λ = 0.1, the L1 form) and otherwise the arm the calibration study's written rule kept (docs/results.md:
-    no other arm beat them beyond noise; the recipes for the demo model use λ = 0.3).
+    the response tokens of the micro-batch, of the per-token calibration loss. Two `DPOConfig` options are refused with
+    a `catto.errors.ConfigError` (docs/training.md has the table of every option and its test): `padding_free=True`
+    (TRL 1.16 ignores it) and context/sequence parallelism (`parallelism_config` with `cp_size` or `sp_size` > 1).
+    The defaults are the paper's where it is clear (λ = 0.1, the L1 form) and otherwise the arm the calibration study's
+    written rule kept (docs/results.md: no other arm beat them beyond noise; the recipes for the demo model use
+    λ = 0.3).
 
     Parameters:
         > Parameters of the CATTO term
@@ -149,10 +152,19 @@ class CATTOConfig(DPOConfig):
             raise ConfigError("Invalid CATTOConfig: " + " ".join(errors))
         if self.catto_log_metrics is None:  # log when it costs no extra LM-head pass
             self.catto_log_metrics = self.catto_enabled or self.prefix_sharing
+        # DPOConfig options the term cannot follow (docs/training.md, "Which DPOConfig options work"): refused here,
+        # before any model is loaded, one line each.
+        if self.padding_free:
+            raise ConfigError("padding_free=True: TRL 1.16 ignores it (it warns and pads anyway), and the CATTO term "
+                              "reads padded (chosen; rejected) rows, which a padding-free batch would not have. Fix: "
+                              "padding_free=False.")
+        check_sequence_sharding(self.parallelism_config, self)
 
     @classmethod
     def from_dpo_config(cls, config: DPOConfig, **catto_kwargs) -> CATTOConfig:
-        """A `CATTOConfig` with every setting of an existing `DPOConfig` (secrets included) plus `catto_kwargs`.
+        """A `CATTOConfig` with every setting of an existing `DPOConfig` (secrets included) plus `catto_kwargs`; fields
+        that a `DPOConfig` subclass adds and `CATTOConfig` lacks are left out (`CATTODPOTrainer` names them in its log
+        line when it converts a config).
 
         Example:
             >>> from trl import DPOConfig
@@ -160,10 +172,27 @@ class CATTOConfig(DPOConfig):
             >>> cfg.beta, cfg.catto_alpha
             (0.3, 0.2)
         """
-        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+        own = {f.name for f in dataclasses.fields(cls) if f.init}
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init and f.name in own}
         return cls(**{**values, **catto_kwargs})
 
     @property
     def catto_enabled(self) -> bool:
         """Whether the calibration term is added to the loss."""
         return self.catto_alpha > 0
+
+
+def check_sequence_sharding(parallelism_config, args: CATTOConfig) -> None:
+    """Refuse context or sequence parallelism (a `ParallelismConfig` with `cp_size` or `sp_size` > 1) while the CATTO
+    term or its metrics are on: each process would then hold a slice of every sequence, while the term (like TRL's
+    per-sequence log-probabilities) is computed from whole rows with their completion mask."""
+    if parallelism_config is None or not (args.catto_alpha > 0 or args.catto_log_metrics):
+        return
+    sizes = {name: getattr(parallelism_config, name, 1) or 1 for name in ("cp_size", "sp_size")}
+    sharded = {name: size for name, size in sizes.items() if size > 1}
+    if sharded:
+        shown = ", ".join(f"{name}={size}" for name, size in sharded.items())
+        raise ConfigError(f"parallelism_config with {shown}: context/sequence parallelism splits every sequence "
+                          "across processes, and the CATTO term needs whole sequences. Fix: cp_size=1 and sp_size=1 "
+                          "(use data parallelism, ZeRO or FSDP), or catto_alpha=0 with catto_log_metrics=False (plain "
+                          "DPO).")

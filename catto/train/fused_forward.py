@@ -58,6 +58,41 @@ class CATTOFusedCausalLMOutput(FusedCausalLMOutput):
 
 
 
+def router_aux_loss_function(model: torch.nn.Module):
+    """The load-balancing loss of `model`'s own family: `load_balancing_loss_func` of the module that defines its class
+    (`modeling_qwen2_moe` for `Qwen2MoeForCausalLM`, ...), called the way the model's forward calls it.
+
+    Returns `fn(router_logits, attention_mask) -> aux_loss`, or None when the family has no such function with the
+    usual `(gate_logits, num_experts, top_k, attention_mask)` signature (e.g. Doge's takes a number of keys too): the
+    trainer then refuses to train with the term and the auxiliary loss rather than compute another family's loss.
+    """
+    import inspect
+    import sys
+
+    fn = getattr(sys.modules.get(type(model).__module__), "load_balancing_loss_func", None)
+    if fn is None:
+        return None
+    if list(inspect.signature(fn).parameters)[:4] != ["gate_logits", "num_experts", "top_k", "attention_mask"]:
+        return None
+    text_config = model.config.get_text_config()
+    # The model's forward passes `self.num_experts` / `self.num_experts_per_tok` (vision-language wrappers: their text
+    # config's); the config's value is the same number under another name in some families (Mixtral:
+    # `num_local_experts`, aliased as `num_experts`).
+    num_experts = getattr(model, "num_experts", None) or text_config.num_experts
+    top_k = getattr(model, "num_experts_per_tok", None) or text_config.num_experts_per_tok
+    return lambda router_logits, attention_mask: fn(router_logits, num_experts, top_k, attention_mask)
+
+
+def router_aux_loss(model: torch.nn.Module, router_logits, attention_mask) -> torch.Tensor:
+    """The MoE load-balancing loss of the fused pass, with the family's own function (`router_aux_loss_function`)."""
+    fn = router_aux_loss_function(model)
+    if fn is None:  # the trainer refuses this case in `__init__`; a direct caller gets the same message
+        raise NotImplementedError(f"{type(model).__name__}: no `load_balancing_loss_func(gate_logits, num_experts, "
+                                  "top_k, attention_mask)` in its modeling module; catto cannot compute its router "
+                                  "auxiliary loss in the fused pass.")
+    return fn(router_logits, attention_mask)
+
+
 def add_catto_head(
     model: torch.nn.Module,
     outputs: tuple[str, ...] = ("log_probs", "entropy", "mean_logits", "is_top1"),
@@ -152,14 +187,7 @@ def add_catto_head(
         loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
         aux_loss = None
         if kwargs.get("output_router_logits"):
-            from transformers.models.mixtral.modeling_mixtral import (
-                load_balancing_loss_func,
-            )
-
-            aux_loss = load_balancing_loss_func(
-                backbone_outputs.router_logits, text_config.num_experts, text_config.num_experts_per_tok,
-                kwargs.get("attention_mask"),
-            )
+            aux_loss = router_aux_loss(self, backbone_outputs.router_logits, kwargs.get("attention_mask"))
             loss = loss + getattr(text_config, "router_aux_loss_coef", 0.0) * aux_loss
         return CATTOFusedCausalLMOutput(
             loss=loss, log_probs=log_probs, entropy=entropy, log_sum_sq_probs=log_sum_sq, mean_logits=mean_logits,

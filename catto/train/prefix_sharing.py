@@ -22,7 +22,7 @@ sdpa takes it as booleans; eager adds it to the scores, so it gets an additive f
 silently ignored); models with sliding-window layers (Gemma 3) get one mask per layer type, the window measured in
 position ids. flash-attention cannot express it and is refused before training (`check_prefix_sharing`), as are
 options that change what the backbone receives (prompt-learning PEFT, MoE router losses, `keep_end` truncation,
-padding-free batches, vision inputs).
+vision inputs; padding-free batches are refused for every run by `CATTOConfig`).
 """
 
 from __future__ import annotations
@@ -112,8 +112,6 @@ def check_prefix_sharing(args, model, *, peft_config=None) -> None:
     if args.truncation_mode != "keep_start":
         raise ConfigError(f"prefix_sharing needs truncation_mode='keep_start' (with {args.truncation_mode!r} the two "
                           f"rows of a pair keep different prompts). {fix}, or use truncation_mode='keep_start'.")
-    if getattr(args, "padding_free", False):
-        raise ConfigError(f"prefix_sharing and padding_free both re-lay the batch. {fix}, or padding_free=False.")
     text_config = model.config.get_text_config()
     if getattr(text_config, "output_router_logits", False) or getattr(text_config, "num_experts", None):
         raise ConfigError("prefix_sharing does not compute MoE router losses on shared rows yet. "

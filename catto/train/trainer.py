@@ -18,17 +18,20 @@ import re
 
 import torch
 from transformers.utils import is_peft_available
-from trl import DPOTrainer
+from trl import DPOConfig, DPOTrainer
 
 from ..core.calibration import (
     binned_calibration_counts,
     calibration_term,
     ece_from_binned_counts,
 )
+from .._logging import get_logger
 from ..errors import ConfigError
-from .config import CATTOConfig
-from .fused_forward import add_catto_head
+from .config import CATTOConfig, check_sequence_sharding
+from .fused_forward import add_catto_head, router_aux_loss_function
 from .prefix_sharing import PrefixSharingCollator, check_prefix_sharing, share_backbone
+
+logger = get_logger(__name__)
 
 if is_peft_available():
     from peft import PeftModel
@@ -140,6 +143,58 @@ def _add_catto_card_section(trainer, path: str, dataset_name: str | None) -> Non
     card.save(path)
 
 
+def _as_catto_config(args) -> CATTOConfig:
+    """A plain `trl.DPOConfig` (built by code that does not know catto) becomes a `CATTOConfig` with every DPO setting
+    and catto's defaults, said in one log line; anything else is a `TypeError`."""
+    if not isinstance(args, DPOConfig):
+        raise TypeError(f"`args` must be a `CATTOConfig` (or a `trl.DPOConfig`), got `{type(args).__name__}`.")
+    converted = CATTOConfig.from_dpo_config(args)
+    own = {f.name for f in dataclasses.fields(CATTOConfig)}
+    dropped = sorted(f.name for f in dataclasses.fields(args) if f.init and f.name not in own)
+    defaults = ", ".join(f"{f.name}={getattr(converted, f.name)!r}" for f in dataclasses.fields(CATTOConfig)
+                         if f.name in ("catto_alpha", "catto_confidence", "catto_margin", "catto_loss_form"))
+    logger.info(f"args is a {type(args).__name__}, not a CATTOConfig: converted with CATTOConfig.from_dpo_config "
+                f"(every DPO setting kept; catto defaults {defaults}"
+                + (f"; fields CATTOConfig does not have were dropped: {dropped}" if dropped else "") + ").")
+    return converted
+
+
+def _check_router_aux_loss(trainer: DPOTrainer, policy) -> None:
+    """With the term on, the fused pass computes a MoE model's load-balancing loss with its family's own function;
+    refuse, in one line, a family whose function catto cannot call (rather than use another family's)."""
+    if trainer.aux_loss_enabled and trainer._catto_mode == "fused" and router_aux_loss_function(policy) is None:
+        raise ConfigError(f"{type(policy).__name__} returns router logits for a load-balancing loss, but its modeling "
+                          "module has no load_balancing_loss_func(gate_logits, num_experts, top_k, attention_mask) for "
+                          "catto's fused pass to call. Fix: router_aux_loss_coef=0.0 (no auxiliary loss), or "
+                          "catto_alpha=0 (plain DPO).")
+
+
+def _keep_4bit_weights_trainable(model) -> int:
+    """Keep bitsandbytes' 4-bit layers of `model` in their trainable layout on CPU; returns how many had to be restored.
+
+    bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks a `Linear4bit` weight, on its first forward in eval mode
+    without gradient (an eval loop, the calibration callback, a reference precompute), into an inference-only layout
+    and keeps it: every later training forward then runs a kernel without autograd, so no gradient flows back through
+    the quantized layers (LoRA on q_proj/v_proj gets none; with adapters on every linear layer the gradients are
+    silently wrong), and a layer with a bias (Qwen2's q/k/v) fails on an in-place add. This turns the repacking off
+    for the model and restores, with bitsandbytes' own inverse (the one it uses to save), a layer that was already
+    repacked. A no-op without bitsandbytes 4-bit layers, and on GPUs.
+    """
+    restored = 0
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state)
+            restored += 1
+    return restored
+
+
 class CATTODPOTrainer(DPOTrainer):
     """
     Trainer for DPO with the CATTO calibration term (arXiv 2601.23096), a drop-in replacement for
@@ -184,15 +239,18 @@ class CATTODPOTrainer(DPOTrainer):
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = CATTOConfig(f"{str(name).split('/')[-1]}-CATTO")
         elif not isinstance(args, CATTOConfig):
-            raise TypeError(
-                f"`args` must be a `CATTOConfig`, got `{type(args).__name__}`. "
-                "`CATTOConfig.from_dpo_config(your_dpo_config, catto_alpha=...)` keeps every DPO setting."
-            )
+            args = _as_catto_config(args)
+        if isinstance(model, torch.nn.Module):
+            _keep_4bit_weights_trainable(model)  # before TRL's reference precompute runs it without gradient
         given = kwargs.get("processing_class", pargs[3] if len(pargs) > 3 else None)
         if given is not None:  # before TRL's own data preparation, which also needs it
             _check_eos(args, given)
         super().__init__(model, ref_model, args, *pargs, **kwargs)
         self._catto_eos_id = _check_eos(args, self.processing_class)
+        if _keep_4bit_weights_trainable(self.model):  # a model TRL loaded, then ran without gradient (precompute)
+            logger.info("bitsandbytes had repacked 4-bit weights for CPU inference; restored them for training.")
+        # Sequence sharding set up by the launcher (accelerate config) rather than `args.parallelism_config`.
+        check_sequence_sharding(getattr(self.accelerator, "parallelism_config", None), args)
         # Per-mode sums behind the catto/* metrics, accumulated over the logging window (see `log`).
         self._catto_sums = {"train": None, "eval": None}
         # Which pass computes the statistics: "fused" (with gradient, replaces TRL's LM-head kernel on the policy
@@ -213,6 +271,7 @@ class CATTODPOTrainer(DPOTrainer):
                 # the statistics come from the policy's one compact pass: logging them with catto_alpha=0 costs no
                 # second LM-head pass (the term is still not added to the loss)
                 self._catto_mode = "fused"
+        _check_router_aux_loss(self, self._policy_module())
 
     def _policy_module(self):
         """The module TRL patched with its fused LM head (the base model under PEFT)."""
