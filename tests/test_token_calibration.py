@@ -117,8 +117,8 @@ def test_equals_the_trainers_logged_metrics(tmp_path):
     tokenizer = make_tokenizer()
     model = make_model(seed=6)
     pairs = preference_dataset(6, seed=4)
-    args = CATTOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, catto_alpha=0.0, catto_log_metrics=True,
-                       per_device_eval_batch_size=4, gradient_checkpointing=False)
+    args = CATTOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, catto_alpha=0.0,
+                       catto_log_metrics=True, per_device_eval_batch_size=4, gradient_checkpointing=False)
     trainer = CATTODPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=pairs,
                               eval_dataset=pairs, processing_class=tokenizer)
     metrics = trainer.evaluate()
