@@ -148,7 +148,7 @@ def test_cached_model_folder_is_reused(tmp_path, model_dir):
 
 @pytest.mark.slow
 def test_full_demo_on_smollm2(tmp_path):
-    """The README's main command as a user runs it (model and data from PyPI; about 20 minutes on 2 cores).
+    """The README's main command as a user runs it (model and data from PyPI; about 8 minutes on 2 cores).
     Opt-in: `python -m pytest -m slow tests/test_demo.py`; CI runs it when the packages are installable."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-progress"]) == 0

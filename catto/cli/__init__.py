@@ -3,7 +3,7 @@
     catto train  --config RECIPE.yaml [...]     DPO/CATTO training under accelerate launch (catto.train)
     catto eval   --method NAME [...]            one evaluation method on MCQA data (catto.pipeline.runner)
     catto report --methods A,B,C [...]          several methods on the same items, one page (catto.pipeline.report)
-    catto demo   [...]                          DPO vs CATTO on SmolLM2-135M, about 20 minutes on CPU (catto.pipeline.demo)
+    catto demo   [...]                          DPO vs CATTO on SmolLM2-135M, about 8 minutes on CPU (catto.pipeline.demo)
 
 A mistake in what was asked (a `catto.errors.CattoError`) prints one line naming the field or file and the fix,
 and exits with status 2; anything else is a bug and keeps its traceback.

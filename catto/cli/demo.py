@@ -9,7 +9,7 @@ from .parsing import CattoArgumentParser
 def build_parser() -> CattoArgumentParser:
     return CattoArgumentParser([DemoArguments], prog="catto demo",
                                description="DPO vs CATTO on SmolLM2-135M-Instruct and real MCQA data, on CPU (about "
-                                           "20 minutes on 2 cores; model and data from PyPI). --synthetic: a "
+                                           "8 minutes on 2 cores; model and data from PyPI). --synthetic: a "
                                            "1-minute toy.")
 
 
