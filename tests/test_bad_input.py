@@ -361,6 +361,9 @@ def no_launch(monkeypatch):
     (["--resume_from_checkpoint", "true"], ["resume_from_checkpoint: true", "no checkpoint-N"]),
     (["--use_peft", "true", "--lora_target_modules", "q_proj", "lm_head"],
      ["lora_target_modules", "'lm_head'", "never train", "lora_modules_to_save"]),
+    # a GPU recipe's bf16 on a machine without one: transformers' own check, as one line with the CPU fix
+    (["--use_cpu", "false", "--bf16", "true"], ["training arguments were refused", "bf16",
+                                                "--use_cpu true --bf16 false"]),
 ])
 def test_train_flags(ws, capsys, tmp_path, no_launch, flags, needles):
     _refused(capsys, _train(ws, tmp_path / "run", *flags), *needles)

@@ -212,6 +212,13 @@ def parse_args(argv: list[str] | None = None):
             argv, return_remaining_strings=True)
     except SystemExit as err:  # argparse's own errors (bad value types) already printed their message
         raise RecipeError(f"could not parse the arguments {argv} (see the message above).") from err
+    except CattoError:
+        raise
+    except ValueError as err:  # transformers' / TRL's own checks of the values (e.g. bf16 without a GPU)
+        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+        hint = (" On a CPU: pass --use_cpu true --bf16 false." if "bf16" in first or "fp16" in first else "")
+        raise RecipeError(f"the recipe's training arguments were refused: {first}.{hint} Fix: change that value in "
+                          "the recipe or on the command line.") from err
     flags = [s for s in remaining if s.startswith("--")]
     if flags or remaining:
         known = _known_keys(parser)
