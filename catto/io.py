@@ -91,3 +91,15 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create `folder` and write (then remove) a probe file there; an `OSError` says why it cannot be written. Called
+    before any model loads, so an unwritable output folder is one line, not a failure after the work."""
+    folder = os.fspath(folder)
+    probe = os.path.join(folder, f".catto-write-check-{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    with open(probe, "w") as f:
+        f.write("ok")
+    os.remove(probe)
+

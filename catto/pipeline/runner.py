@@ -29,7 +29,7 @@ from typing import Any
 
 from .._logging import get_logger
 from ..errors import ConfigError, DataError, ResumeMismatchError
-from ..io import write_json_atomic
+from ..io import check_writable, write_json_atomic
 
 logger = get_logger(__name__)
 
@@ -252,11 +252,7 @@ def items_fingerprint(items: Sequence[Any]) -> str:
 def ensure_writable(folder: str) -> None:
     """Create `folder` and check a file can be written there (before any model is loaded)."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, ".catto-write-check")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        check_writable(folder)
     except OSError as err:
         raise ConfigError(f"--out {folder!r} is not writable ({err.strerror or err}). Fix: pass a folder you can "
                           "write to.") from err

@@ -285,12 +285,10 @@ def load_preference_data(script_args, training_args):
 def check_output_writable(output_dir: str) -> None:
     """Create `output_dir` and write a file there, before any model loads: an unwritable folder is one line naming
     it, not a traceback from the training job (and the launcher's CalledProcessError)."""
-    probe = os.path.join(output_dir, f".catto-write-check-{os.getpid()}")
+    from ..io import check_writable
+
     try:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        check_writable(output_dir)
     except OSError as err:
         raise RecipeError(f"output_dir {output_dir!r} cannot be written ({err.strerror or err}). Fix: pass an "
                           "--output_dir you can write to.") from None
