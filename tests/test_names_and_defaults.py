@@ -171,6 +171,17 @@ def test_eval_dtype_defaults_to_auto():
     assert eval_parser().parse([*BASE, "--dtype", "float32"])[0].dtype == "float32"
 
 
+def test_train_dtype_defaults_to_auto_too():
+    """`catto train` loads the model as `catto eval` does: the checkpoint's own dtype unless a dtype is given (TRL's
+    ModelConfig defaults to float32)."""
+    from catto.train.script import parse_args
+
+    argv = ["--model_name_or_path", "m", "--output_dir", "o", "--mcqa_data", "arc_easy", "--use_cpu", "true",
+            "--bf16", "false"]
+    assert parse_args(argv)[2].dtype == "auto"
+    assert parse_args([*argv, "--dtype", "float32"])[2].dtype == "float32"
+
+
 @pytest.mark.parametrize("saved", [torch.float32, torch.bfloat16])
 def test_load_model_auto_is_the_checkpoints_dtype(tmp_path, saved):
     from catto.core.modeling import load_model_and_tokenizer

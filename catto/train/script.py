@@ -146,11 +146,25 @@ class CATTOScriptArguments(ScriptArguments):
 # Parsing
 
 
-def make_parser(prog: str | None = "catto train"):
-    """The `TrlParser` over (`CATTOScriptArguments`, `CATTOConfig`, `ModelConfig`)."""
-    from trl import ModelConfig, TrlParser
+def model_config_class():
+    """TRL's `ModelConfig` with `dtype` defaulting to `auto` (the checkpoint's own dtype), as `catto eval` loads models;
+    TRL's default is float32. Every shipped recipe sets `dtype` itself."""
+    from trl import ModelConfig
 
-    return TrlParser((CATTOScriptArguments, CATTOConfig, ModelConfig), prog=prog)
+    @dataclass
+    class CATTOModelConfig(ModelConfig):
+        dtype: str | None = field(default="auto", metadata={
+            "help": "Load the model under this dtype; `auto` (default, as in `catto eval`) keeps the checkpoint's own.",
+            "choices": ["auto", "bfloat16", "float16", "float32"]})
+
+    return CATTOModelConfig
+
+
+def make_parser(prog: str | None = "catto train"):
+    """The `TrlParser` over (`CATTOScriptArguments`, `CATTOConfig`, TRL's `ModelConfig` with dtype `auto`)."""
+    from trl import TrlParser
+
+    return TrlParser((CATTOScriptArguments, CATTOConfig, model_config_class()), prog=prog)
 
 
 def _known_keys(parser) -> set[str]:
