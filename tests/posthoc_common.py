@@ -44,3 +44,15 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def write_arc_mcqa(path, items) -> str:
+    """MCQA items in ARC's hub layout (one JSON object per line), read back through the real `arc_easy:PATH` adapter;
+    returns that spec."""
+    with open(path, "w") as f:
+        for it in items:
+            labels = "ABCDEFGH"[: len(it.choices)]
+            f.write(json.dumps({"id": it.id, "question": it.question, "answerKey": labels[it.gold],
+                                "choices": {"text": list(it.choices), "label": list(labels)}}) + "\n")
+    return f"arc_easy:{path}"
+

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 import yaml
+from posthoc_common import write_arc_mcqa
 
 from catto.cli import main
 from catto.data.synthetic import synthetic_mcqa
@@ -26,20 +27,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_
        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 
 
-def _write_mcqa(path, items) -> str:
-    """ARC's hub layout, read back through the real `arc_easy:PATH` adapter."""
-    with open(path, "w") as f:
-        for it in items:
-            labels = "ABCDEFGH"[: len(it.choices)]
-            f.write(json.dumps({"id": it.id, "question": it.question, "answerKey": labels[it.gold],
-                                "choices": {"text": list(it.choices), "label": list(labels)}}) + "\n")
-    return f"arc_easy:{path}"
-
-
 def _train(root, mcqa_model_dir, **overrides):
     """`python -m catto.train` (what `catto train` launches): a two-step LoRA run with the calibration callback on."""
-    train = _write_mcqa(root / "train.jsonl", synthetic_mcqa(16, seed=0))
-    heldout = _write_mcqa(root / "heldout.jsonl", synthetic_mcqa(8, seed=1))
+    train = write_arc_mcqa(root / "train.jsonl", synthetic_mcqa(16, seed=0))
+    heldout = write_arc_mcqa(root / "heldout.jsonl", synthetic_mcqa(8, seed=1))
     recipe = {"model_name_or_path": mcqa_model_dir, "mcqa_data": train, "mcqa_prompt_format": "letter",
               "calibration_eval_data": heldout, "calibration_eval_steps": 1, "per_device_train_batch_size": 4,
               "learning_rate": 0.05, "logging_steps": 1, "max_steps": 2, "bf16": False, "use_cpu": True,

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import yaml
+from posthoc_common import write_arc_mcqa
 from safetensors.torch import load_file
 
 from catto import train as catto_train
@@ -29,23 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _write_mcqa(path, items) -> None:
-    """ARC's hub layout, read back through the real `arc_easy:PATH` adapter."""
-    with open(path, "w") as f:
-        for it in items:
-            labels = "ABCDEFGH"[: len(it.choices)]
-            f.write(json.dumps({"id": it.id, "question": it.question, "answerKey": labels[it.gold],
-                                "choices": {"text": list(it.choices), "label": list(labels)}}) + "\n")
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     model = make_model("llama", vocab_size=len(MCQA_VOCAB))
     model.save_pretrained(root / "model")
     make_tokenizer(MCQA_VOCAB).save_pretrained(root / "model")
-    _write_mcqa(root / "train.jsonl", synthetic_mcqa(32, seed=0))
-    _write_mcqa(root / "heldout.jsonl", synthetic_mcqa(12, seed=1))
+    write_arc_mcqa(root / "train.jsonl", synthetic_mcqa(32, seed=0))
+    write_arc_mcqa(root / "heldout.jsonl", synthetic_mcqa(12, seed=1))
     recipe = {
         "model_name_or_path": str(root / "model"),
         "mcqa_data": f"arc_easy:{root / 'train.jsonl'}",
