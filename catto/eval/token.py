@@ -190,18 +190,32 @@ def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
     return backbone, inner.get_output_embeddings(), inner.config
 
 
+def _token_stats(hidden: torch.Tensor, head, config, targets: torch.Tensor,
+                 token_chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(confidence, correct, label_prob)` on the CPU of the hidden states `(n, H)` that predict `targets` `(n,)`,
+    from the tiled LM-head kernel the trainer uses (no `(n, vocab)` logits)."""
+    from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+    from ..core.fused_head import chunked_calibration_stats, head_weight_and_bias, logit_transform_from_config
+
+    weight, bias = head_weight_and_bias(head)
+    logit_scale, softcap = logit_transform_from_config(config)
+    targets = targets.to(weight.device)
+    with maybe_gather_lm_head_ctx(weight, bias):
+        label_logp, *_, top_logp, top_ids = chunked_calibration_stats(
+            hidden.to(weight.device), weight, bias, targets, token_chunk_size=token_chunk_size,
+            logit_scale=logit_scale, softcap=softcap)
+    conf = top_logp[:, 0].float().exp().cpu()
+    if not torch.isfinite(conf).all():
+        raise FloatingPointError("The model produced NaN/inf logits; check the dtype (fp16 overflows on some "
+                                 "models; use bf16 or fp32).")
+    return conf, (top_ids[:, 0] == targets).cpu(), label_logp.float().exp().cpu()
+
+
 @torch.no_grad()
 def _score_batch(backbone, head, config, sequences: list[tuple[list[int], int]], pad: int, device,
                  token_chunk_size: int) -> list[tuple[list[int], list[float], list[bool], list[float]]]:
     """Per sequence `(tokens, confidence, correct, label_prob)` over the positions from `start` on."""
-    from trl.trainer.utils import maybe_gather_lm_head_ctx
-
-    from ..core.fused_head import (
-        head_weight_and_bias,
-        chunked_calibration_stats,
-        logit_transform_from_config,
-    )
-
     width = max(len(ids) for ids, _ in sequences)
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -213,19 +227,7 @@ def _score_batch(backbone, head, config, sequences: list[tuple[list[int], int]],
     ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
     hidden = backbone(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
     mask = scored[:, 1:]  # hidden state t predicts token t + 1
-    weight, bias = head_weight_and_bias(head)
-    logit_scale, softcap = logit_transform_from_config(config)
-    targets = ids[:, 1:][mask]
-    with maybe_gather_lm_head_ctx(weight, bias):
-        label_logp, *_, top_logp, top_ids = chunked_calibration_stats(
-            hidden[:, :-1][mask].to(weight.device), weight, bias, targets.to(weight.device),
-            token_chunk_size=token_chunk_size, logit_scale=logit_scale, softcap=softcap)
-    conf = top_logp[:, 0].float().exp().cpu()
-    correct = (top_ids[:, 0] == targets.to(top_ids.device)).cpu()
-    label_prob = label_logp.float().exp().cpu()
-    if not torch.isfinite(conf).all():
-        raise FloatingPointError("The model produced NaN/inf logits; check the dtype (fp16 overflows on some "
-                                 "models; use bf16 or fp32).")
+    conf, correct, label_prob = _token_stats(hidden[:, :-1][mask], head, config, ids[:, 1:][mask], token_chunk_size)
     counts = mask.sum(1).tolist()
     out, offset = [], 0
     for (seq, start), n in zip(sequences, counts):
@@ -240,9 +242,6 @@ def _score_shared(backbone, head, config, pairs: list[tuple[list[int], list[int]
                   token_chunk_size: int) -> list[tuple[tuple, tuple]]:
     """`_score_batch` for whole pairs `(prompt, chosen, rejected)` with prefix sharing: one row per pair
     (`catto.core.prefix_sharing`); per pair the `(tokens, confidence, correct, label_prob)` of chosen and rejected."""
-    from trl.trainer.utils import maybe_gather_lm_head_ctx
-
-    from ..core.fused_head import chunked_calibration_stats, head_weight_and_bias, logit_transform_from_config
     from ..core.prefix_sharing import backend_mask, shared_layout
 
     examples = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in pairs]
@@ -264,20 +263,8 @@ def _score_shared(backbone, head, config, pairs: list[tuple[list[int], list[int]
     mask = backend_mask(layout["catto_shared_mask"].to(device), positions, backbone.config,
                         dtype if dtype.is_floating_point else torch.float32)
     hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
-    weight, bias = head_weight_and_bias(head)
-    logit_scale, softcap = logit_transform_from_config(config)
-    picked = hidden.reshape(-1, hidden.size(-1))[torch.tensor(rows, device=hidden.device)].to(weight.device)
-    target = torch.tensor(targets, device=weight.device)
-    with maybe_gather_lm_head_ctx(weight, bias):
-        label_logp, *_, top_logp, top_ids = chunked_calibration_stats(
-            picked, weight, bias, target, token_chunk_size=token_chunk_size, logit_scale=logit_scale,
-            softcap=softcap)
-    conf = top_logp[:, 0].float().exp().cpu()
-    correct = (top_ids[:, 0] == target).cpu()
-    label_prob = label_logp.float().exp().cpu()
-    if not torch.isfinite(conf).all():
-        raise FloatingPointError("The model produced NaN/inf logits; check the dtype (fp16 overflows on some "
-                                 "models; use bf16 or fp32).")
+    picked = hidden.reshape(-1, hidden.size(-1))[torch.tensor(rows, device=hidden.device)]
+    conf, correct, label_prob = _token_stats(picked, head, config, torch.tensor(targets), token_chunk_size)
     out, offset = [], 0
     for (p, c, r), (nc, nr) in zip(pairs, counts):
         roles = []
