@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", default=None, help="JSON report (default: print only)")
     args = ap.parse_args(argv)
+    if args.items < 1 or args.bootstrap < 1:
+        ap.error(f"--items and --bootstrap must be >= 1, got {args.items} and {args.bootstrap}.")
 
     items = sample_items(args.data, args.split, args.items, seed=0)
     pairs = list(mcqa_to_preference(items, prompt_format="cloze", rejected="random", seed=0))
