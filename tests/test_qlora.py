@@ -182,7 +182,7 @@ QLORA_RECIPES = sorted(f"recipes/{model}/{method}-qlora.yaml" for model in ("qwe
 def recipe_workspace(tmp_path_factory):
     """A tiny model per recipe family (hidden 64, the MCQA vocabulary, a chat template so the recipes' chat
     formatting stays on) and local MCQA files in ARC's layout."""
-    from test_train import _write_mcqa
+    from posthoc_common import write_arc_mcqa
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from catto.data.synthetic import MCQA_VOCAB, synthetic_mcqa
@@ -202,8 +202,8 @@ def recipe_workspace(tmp_path_factory):
     for name, model in models.items():
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
-    _write_mcqa(root / "train.jsonl", synthetic_mcqa(32, seed=0))
-    _write_mcqa(root / "heldout.jsonl", synthetic_mcqa(12, seed=1))
+    write_arc_mcqa(root / "train.jsonl", synthetic_mcqa(32, seed=0))
+    write_arc_mcqa(root / "heldout.jsonl", synthetic_mcqa(12, seed=1))
     return root
 
 
@@ -292,7 +292,7 @@ def test_catto_eval_loads_a_saved_4bit_model(model_dirs, tmp_path):
     from catto.data import load_mcqa
     from catto.data.synthetic import MCQA_VOCAB, synthetic_mcqa
     from catto.eval.scoring import score_items
-    from test_train import _write_mcqa
+    from posthoc_common import write_arc_mcqa
 
     full = tmp_path / "full"
     make_model("llama", hidden=HIDDEN, vocab_size=len(MCQA_VOCAB)).save_pretrained(full)
@@ -301,7 +301,7 @@ def test_catto_eval_loads_a_saved_4bit_model(model_dirs, tmp_path):
                                                      quantization_config=BitsAndBytesConfig(**QUANTIZATIONS["nf4"]))
     quantized.save_pretrained(tmp_path / "nf4")
     AutoTokenizer.from_pretrained(full).save_pretrained(tmp_path / "nf4")
-    _write_mcqa(tmp_path / "heldout.jsonl", synthetic_mcqa(12, seed=1))
+    write_arc_mcqa(tmp_path / "heldout.jsonl", synthetic_mcqa(12, seed=1))
     spec = f"arc_easy:{tmp_path / 'heldout.jsonl'}"
 
     model, tok = load_model_and_tokenizer(str(tmp_path / "nf4"))
