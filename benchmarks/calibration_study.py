@@ -13,6 +13,8 @@ every arm):
     catto_a0.3_nodetach       gradient through the surrogate target
     catto_a0.3_chosen         the term on chosen responses only
     catto_a0.3_noeos          the EOS TRL appends left out of the term (`catto_exclude_eos`)
+    bce_a{0.1,1.0}            the BCE form at other alphas (the loss-form study, issue 27 part 2)
+    l2_a{0.1,0.3,1.0}         the squared form (c - z)^2 (the loss-form study)
 
 Training pairs: CommonsenseQA train (`../shared/data/commonsense_qa/train_rand_split.jsonl`), cloze format (the
 answer text is the completion). Evaluation, per set, on the same `--eval-items` seeded-random items:
@@ -37,6 +39,13 @@ The selection rule (written before the results; `catto.pipeline.study_analysis.s
 3. it changes catto's defaults only if, on every seed, its pooled-OOD token ECE is below DPO's beyond the paired
    bootstrap interval, and its pooled-OOD MCQA ECE is not above DPO's beyond the interval. Otherwise the defaults
    stay, and the README says that no arm beat DPO beyond noise in this regime.
+
+`--rule loss_form` applies instead the loss-form study's rule (`benchmarks/results/loss_form_study/RULE.md`, written
+before its runs: answer-token numbers, every arm with a term a candidate, the default arm `catto_a0.3` the one to
+beat beyond noise on every seed; `select_loss_form`, `apply_loss_form_noise_rule`):
+
+    python benchmarks/calibration_study.py --rule loss_form --out benchmarks/results/loss_form_study \
+        --arms base,dpo,catto_a0.3,catto_a1.0,dpo_bce,bce_a1.0,l2_a0.3,l2_a1.0,catto_a0.3_noeos --seeds 0,1,2
 
 This script only names the arms, the sets and the command line: training, evaluation (through the evaluation
 runner), paired differences, the rule, the tables and the plots are `catto.pipeline.study` and
@@ -122,6 +131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite-output-dir", action="store_true",
                         help="Retrain / re-evaluate runs made with other settings (default: refuse).")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "calibration_study"))
+    parser.add_argument("--rule", choices=("study", "loss_form"), default="study",
+                        help="The selection rule: the first study's (vs DPO, pooled tokens) or the loss-form "
+                             "study's (vs the default arm, answer tokens; benchmarks/results/loss_form_study/RULE.md).")
     parser.add_argument("--render-only", action="store_true",
                         help="Re-render summary.md and the plots from --out/study.json, without a model.")
     args = parser.parse_args(argv)
@@ -177,10 +189,16 @@ def main(argv: list[str] | None = None) -> int:
 
     arms = args.finalists + args.screened
     table = analysis.table_over_seeds(runs, arms, id_name)
-    selection = (analysis.select_default(analysis.rows_by_seed(runs, arms, id_name)) if len(items) > 1
-                 else {"chosen": None, "reason": "no OOD sets"})
-    paired = analysis.paired_differences(mcqa_results, token_results, id_name, args.bootstrap)
-    selection = analysis.apply_noise_rule(selection, paired, DEFAULT_ARM)
+    rows = analysis.rows_by_seed(runs, arms, id_name)
+    if args.rule == "loss_form":
+        selection = analysis.select_loss_form(rows) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
+        paired = analysis.paired_differences(mcqa_results, token_results, id_name, args.bootstrap,
+                                             also_vs=(DEFAULT_ARM,))
+        selection = analysis.apply_loss_form_noise_rule(selection, paired, DEFAULT_ARM)
+    else:
+        selection = analysis.select_default(rows) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
+        paired = analysis.paired_differences(mcqa_results, token_results, id_name, args.bootstrap)
+        selection = analysis.apply_noise_rule(selection, paired, DEFAULT_ARM)
     payload = {
         "command": "python benchmarks/calibration_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model, "train_data": train_spec, "train_items": args.train_items, "steps": args.steps,
@@ -195,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "arms": {a: list(ARMS[a].overrides) for a in arms}, "default_arm": DEFAULT_ARM, "runs": runs,
         "table": table, "selection": selection, "paired_differences": paired,
     }
+    if args.rule == "loss_form":
+        payload["rule_source"] = "benchmarks/results/loss_form_study/RULE.md (written before the runs)"
     print(analysis.write_study_outputs(payload, out))
     return 0
 

@@ -25,6 +25,8 @@ def reference_term(logits, labels, mask, confidence="max", margin="logit", scale
         z = z.detach()
     if loss_form == "l1":
         per_token = (c - z).abs()
+    elif loss_form == "l2":
+        per_token = (c - z) ** 2
     else:
         per_token = -(z * torch.log(c) + (1 - z) * torch.log1p(-c))
     maskf = mask.to(per_token.dtype)

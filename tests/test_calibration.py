@@ -16,7 +16,7 @@ from catto.core.calibration import (
     per_token_calibration_loss,
 )
 
-SWITCHES = list(itertools.product(["max", "label"], ["prob", "logit"], [True, False], ["l1", "bce"]))
+SWITCHES = list(itertools.product(["max", "label"], ["prob", "logit"], [True, False], ["l1", "bce", "l2"]))
 
 
 def _stats(logits, labels):
@@ -95,7 +95,7 @@ def test_gradcheck(confidence, margin, loss_form):
     assert torch.autograd.gradcheck(fn, (logits,))
 
 
-@pytest.mark.parametrize("loss_form", ["l1", "bce"])
+@pytest.mark.parametrize("loss_form", ["l1", "bce", "l2"])
 @pytest.mark.parametrize("confidence", ["max", "label"])
 def test_gradcheck_fixed_target(confidence, loss_form):
     torch.manual_seed(3)
@@ -121,7 +121,7 @@ def test_detach_controls_gradient_through_target():
     assert not z_detached.requires_grad
 
 
-@pytest.mark.parametrize("loss_form", ["l1", "bce"])
+@pytest.mark.parametrize("loss_form", ["l1", "bce", "l2"])
 def test_saturated_confidence_is_finite(loss_form):
     # c = 1 exactly (log c = 0) and c ~ 0: the BCE logs are floored like torch.nn.BCELoss, gradients stay finite.
     log_c = torch.tensor([0.0, -1e-9, -200.0], requires_grad=True)
@@ -145,8 +145,8 @@ def test_unknown_switch_values_name_the_allowed_ones():
         confidence_log_prob(x, torch.zeros(3, 2), "mean")
     with pytest.raises(ValueError, match=r"margin.*\['prob', 'logit'\]"):
         calibration_margin(x, x, "ratio")
-    with pytest.raises(ValueError, match=r"loss_form.*\['l1', 'bce'\]"):
-        per_token_calibration_loss(x, x, "l2")
+    with pytest.raises(ValueError, match=r"loss_form.*\['l1', 'bce', 'l2'\]"):
+        per_token_calibration_loss(x, x, "l3")
 
 
 def test_empty_mask_gives_differentiable_zero():

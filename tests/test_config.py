@@ -30,7 +30,7 @@ def test_every_catto_field_has_help_text():
     ("catto_alpha", float("nan"), r"catto_alpha"),
     ("catto_confidence", "mean", r"catto_confidence.*\['max', 'label'\]"),
     ("catto_margin", "ratio", r"catto_margin.*\['prob', 'logit'\]"),
-    ("catto_loss_form", "l2", r"catto_loss_form.*\['l1', 'bce'\]"),
+    ("catto_loss_form", "l3", r"catto_loss_form.*\['l1', 'bce', 'l2'\]"),
     ("catto_sequences", "rejected", r"catto_sequences.*\['both', 'chosen'\]"),
     ("catto_target_scale", 0.0, r"catto_target_scale.*> 0"),
     ("catto_chunk_size", 0, r"catto_chunk_size.*>= 1"),

@@ -196,7 +196,7 @@ def test_all_masked_micro_batch_is_a_differentiable_zero():
     assert all(p.grad is not None and torch.all(p.grad == 0) for p in model.parameters())
 
 
-@pytest.mark.parametrize("loss_form", ["l1", "bce"])
+@pytest.mark.parametrize("loss_form", ["l1", "bce", "l2"])
 @pytest.mark.parametrize("bf16", [False, True])
 def test_extreme_logits_and_bf16_are_finite(loss_form, bf16):
     model = _patched(make_model("llama"))

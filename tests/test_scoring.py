@@ -71,11 +71,36 @@ def test_letter_scoring_equals_unbatched_forward(mcqa_tokenizer, arch, batch_siz
                 mcqa_tokenizer.convert_tokens_to_ids(letter) for letter in item.letters]].sum()), abs=1e-6)
 
 
-@pytest.mark.parametrize("share_context", [True, False])
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def _gemma3(attention: str):
+    """A tiny Gemma 3 whose sliding window (4) is shorter than the scored rows, over the MCQA vocabulary."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(MCQA_VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                              sliding_window=4, layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
+                              eos_token_id=1, bos_token_id=2, final_logit_softcapping=5.0)
+    model = Gemma3ForCausalLM(config).eval()
+    model.config._attn_implementation = attention
+    return model
+
+
+# Every cloze path on every architecture, except Gemma 3 on the KV-cache path (its sliding-window cache is not
+# reordered per option; `auto` never picks it there, since Gemma 3 takes the layout's mask).
+CLOZE_PATHS = [(arch, mode) for arch in ("llama", "qwen2", "llama-sdpa", "gemma3-eager", "gemma3-sdpa")
+               for mode in ("layout", "cache", "none", True) if not (arch.startswith("gemma3") and mode == "cache")]
+
+
+@pytest.mark.parametrize("arch,share_context", CLOZE_PATHS)
 @pytest.mark.parametrize("batch_size", [1, 5, 100])
 def test_cloze_scoring_equals_unbatched_forward(mcqa_tokenizer, arch, batch_size, share_context):
-    model, items = _model(arch), _items(seed=1)
+    if arch.startswith("gemma3"):
+        model = _gemma3(arch.split("-")[1])
+    else:
+        model = _model(arch.split("-")[0])
+        if arch.endswith("sdpa"):
+            model.config._attn_implementation = "sdpa"
+    items = _items(seed=1)
     results = score_items(model, mcqa_tokenizer, items, config=ScoringConfig("cloze"), batch_size=batch_size,
                           progress=False, share_context=share_context)
     with torch.no_grad():
@@ -86,6 +111,17 @@ def test_cloze_scoring_equals_unbatched_forward(mcqa_tokenizer, arch, batch_size
             expected = torch.tensor([lp / c for lp, c in zip(ref, chars)], dtype=torch.float64).softmax(-1)
             assert torch.allclose(torch.tensor(r.option_probs, dtype=torch.float64), expected, atol=1e-4)
             assert r.extra["pred_sum"] == max(range(len(ref)), key=ref.__getitem__)
+
+
+def test_context_sharing_resolves_by_attention_and_refuses_unknown_values():
+    from catto.eval.scoring import resolve_context_sharing
+
+    model = _model()
+    assert resolve_context_sharing(model, True) == "layout" and resolve_context_sharing(model, False) == "none"
+    model.config._attn_implementation = "flash_attention_2"  # cannot take the mask: the cache path
+    assert resolve_context_sharing(model, "auto") == "cache" and resolve_context_sharing(model, "layout") == "layout"
+    with pytest.raises(ValueError, match="share_context"):
+        resolve_context_sharing(model, "always")
 
 
 @pytest.mark.parametrize("norm", ["sum", "token", "char"])

@@ -131,6 +131,70 @@ def test_the_current_default_arm_confirms_but_never_changes_the_defaults(study):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The loss-form rule (benchmarks/results/loss_form_study/RULE.md): answer tokens, every term arm, the default to beat
+
+
+def _answer_row(mcqa_acc=0.45, answer_acc=0.30, answer_ece=0.20, mcqa_ece=0.06, pooled_token_acc=None):
+    """A row with answer-token numbers; the pooled token accuracy (EOS included) differs, so a rule that read it
+    instead of the answer tokens' would be caught."""
+    return {**_row(mcqa_acc, answer_acc + 0.2 if pooled_token_acc is None else pooled_token_acc, 0.5, mcqa_ece),
+            "id_answer_token_accuracy": answer_acc + 0.05, "ood_answer_token_accuracy": answer_acc,
+            "ood_answer_token_ece": answer_ece, "id_answer_token_ece": answer_ece + 0.3}
+
+
+def test_loss_form_rule_reads_answer_tokens_and_takes_every_term_arm(study):
+    table = {"base": {0: _answer_row(0.40, 0.25, 0.01)}, "dpo": {0: _answer_row()},
+             "bce_a1.0": {0: _answer_row(answer_acc=0.28, answer_ece=0.02)},  # 2 answer-token points lost
+             # its pooled token accuracy (EOS) is far above DPO's, which must not make it eligible ...
+             "l2_a1.0": {0: _answer_row(answer_acc=0.27, answer_ece=0.03, pooled_token_acc=0.9)},
+             "l2_a0.3": {0: _answer_row(answer_acc=0.296, answer_ece=0.09)},  # not a `catto*` name: still a candidate
+             # ... and a pooled token accuracy far below DPO's must not make an arm ineligible
+             "dpo_bce": {0: _answer_row(answer_acc=0.30, answer_ece=0.12, pooled_token_acc=0.01)}}
+    selection = study.select_loss_form(table)
+    assert selection["eligible"] == ["dpo_bce", "l2_a0.3"] and selection["chosen"] == "l2_a0.3"
+    assert selection["ood_answer_token_ece_vs_dpo"] == pytest.approx(-0.11)
+    assert selection["accuracy_cost_vs_dpo"]["bce_a1.0"]["ood_answer_token_accuracy"] == pytest.approx(0.02)
+    assert "base" not in selection["accuracy_cost_vs_dpo"]
+    # records made before the EOS was named have no answer-token numbers: such an arm is reported, not chosen
+    old = {0: _row(token_ece=0.01)}
+    assert "no answer-token numbers" in study.select_loss_form({**table, "catto_old": old})[
+        "accuracy_cost_vs_dpo"]["catto_old"]["reason"]
+
+
+def _paired_vs_default(token_cis, mcqa_cis, arm="l2_a0.3"):
+    return {f"{arm}-s{seed} vs {DEFAULT_ARM}-s{seed}": {"ood": {"answer_token_ece": {"ci": t}, "mcqa_ece15": {"ci": m}}}
+            for seed, (t, m) in enumerate(zip(token_cis, mcqa_cis))}
+
+
+@pytest.mark.parametrize("token_cis, mcqa_cis, changes", [
+    ([[-0.2, -0.1], [-0.15, -0.05], [-0.3, -0.01]], [[-0.01, 0.02]] * 3, True),
+    ([[-0.2, -0.1], [-0.15, 0.01], [-0.3, -0.01]], [[-0.01, 0.02]] * 3, False),  # one seed within noise
+    ([[-0.2, -0.1]] * 3, [[-0.01, 0.02], [0.01, 0.05], [-0.01, 0.02]], False),  # MCQA worse than default on one seed
+])
+def test_loss_form_defaults_change_only_beyond_the_default_arm_on_every_seed(study, token_cis, mcqa_cis, changes):
+    decided = study.apply_loss_form_noise_rule({"chosen": "l2_a0.3"}, _paired_vs_default(token_cis, mcqa_cis))
+    assert decided["changes_defaults"] is changes and len(decided["per_seed_ood_answer_token_ece_ci_vs_default"]) == 3
+    # beating DPO is not beating the default arm
+    vs_dpo = {k.replace(f"vs {DEFAULT_ARM}", "vs dpo"): v for k, v in _paired_vs_default(token_cis, mcqa_cis).items()}
+    assert study.apply_loss_form_noise_rule({"chosen": "l2_a0.3"}, vs_dpo)["changes_defaults"] is False
+    same = study.apply_loss_form_noise_rule({"chosen": DEFAULT_ARM}, _paired_vs_default(token_cis, mcqa_cis))
+    assert same["changes_defaults"] is False and same["beyond_noise"] is None
+    words = " ".join(study.selection_lines({
+        **decided, "rule": "loss_form", "eligible": ["l2_a0.3"], "tolerance": 0.01, "choice_seeds": [0, 1, 2],
+        "ood_answer_token_ece_vs_dpo": -0.1}))
+    assert ("Defaults: change to l2_a0.3" in words) is changes and ("Defaults: unchanged" in words) is not changes
+
+
+def test_comparisons_add_the_default_arm_of_the_same_seed_when_asked(study):
+    keys = ["dpo-s0", "catto_a0.3-s0", "l2_a0.3-s0", "l2_a0.3-s1", "catto_a0.3-s1", "dpo-s1"]
+    pairs = study.comparisons(keys, also_vs=(DEFAULT_ARM,))
+    assert ("l2_a0.3-s0", "catto_a0.3-s0") in pairs and ("l2_a0.3-s1", "catto_a0.3-s1") in pairs
+    assert ("l2_a0.3-s0", "catto_a0.3-s1") not in pairs and ("catto_a0.3-s0", "catto_a0.3-s0") not in pairs
+    assert ("dpo-s0", "catto_a0.3-s0") not in pairs
+    assert study.comparisons(keys) == [p for p in pairs if p[1].split("-s")[0] != DEFAULT_ARM]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Plumbing: records -> per-run metrics -> rows -> paired differences
 
 

@@ -85,6 +85,7 @@ def test_alpha_zero_is_exactly_dpo(tmp_path, tokenizer, loss_type, loss_weights,
     ("max", "logit", True, "both", "l1"),
     ("label", "prob", False, "chosen", "bce"),
     ("max", "prob", False, "both", "bce"),
+    ("max", "logit", False, "both", "l2"),
 ])
 def test_total_minus_dpo_is_alpha_times_term(tmp_path, tokenizer, confidence, margin, detach, sequences, loss_form):
     alpha = 0.7

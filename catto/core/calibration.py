@@ -7,7 +7,8 @@ the token y_t that the sequence actually continues with:
 - best wrong token ``v*_t = argmax_{v != y_t} p_t(v)``: the top-1 token unless that is ``y_t``, then the top-2;
 - margin: ``p(y) - p(v*)`` (``"prob"``) or ``log p(y) - log p(v*)`` (``"logit"``);
 - correctness surrogate ``z_t = sigmoid(scale * margin)``, optionally detached (a fixed target);
-- per-token loss ``|c_t - z_t|`` (``"l1"``, CATTO) or ``BCE(c_t, z_t)`` (``"bce"``, the paper's DPO+BCE baseline);
+- per-token loss ``|c_t - z_t|`` (``"l1"``, CATTO), ``BCE(c_t, z_t)`` (``"bce"``, the paper's DPO+BCE baseline) or
+  ``(c_t - z_t)^2`` (``"l2"``, a Brier-style squared form, for the loss-form study);
 - the term is the mean over the selected response tokens of the micro-batch.
 
 Everything takes per-token log-probabilities (of the label and of the top-2 tokens) so it runs on the output of the
@@ -22,7 +23,7 @@ import torch
 
 CONFIDENCE_CHOICES = ("max", "label")
 MARGIN_CHOICES = ("prob", "logit")
-LOSS_FORM_CHOICES = ("l1", "bce")
+LOSS_FORM_CHOICES = ("l1", "bce", "l2")
 # torch.nn.BCELoss clamps its logs at -100 for the same reason: c in {0, 1} must give a finite loss.
 _BCE_LOG_FLOOR = -100.0
 
@@ -81,11 +82,14 @@ def per_token_calibration_loss(confidence_log_probs: torch.Tensor, target: torch
     """Per-token loss between the confidence c_t = exp(log c_t) and the surrogate z_t.
 
     ``"l1"``: |c - z| (CATTO; upper-bounds the L1 calibration error by Jensen). ``"bce"``:
-    -(z log c + (1 - z) log(1 - c)) with logs floored at -100 like `torch.nn.BCELoss`.
+    -(z log c + (1 - z) log(1 - c)) with logs floored at -100 like `torch.nn.BCELoss`. ``"l2"``: (c - z)^2 (its
+    gradient shrinks with the gap, where L1's is constant and BCE's grows as c nears 0 or 1).
     """
     _check_choice("loss_form", loss_form, LOSS_FORM_CHOICES)
     if loss_form == "l1":
         return (confidence_log_probs.exp() - target).abs()
+    if loss_form == "l2":
+        return (confidence_log_probs.exp() - target).square()
     log_c = confidence_log_probs.clamp(min=_BCE_LOG_FLOOR)
     log_not_c = _log1mexp(confidence_log_probs).clamp(min=_BCE_LOG_FLOOR)
     return -(target * log_c + (1 - target) * log_not_c)

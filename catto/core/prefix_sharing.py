@@ -66,12 +66,58 @@ def shared_layout(examples: Sequence[dict[str, Any]], width: int, *, pad_token_i
         index[b + i, :lp] = base + torch.arange(lp)
         index[b + i, lp: lp + lr] = base + lp + lc + torch.arange(lr)
         index[b + i, lp + lr:] = base
+    return {"catto_shared_input_ids": ids, "catto_shared_position_ids": positions,
+            "catto_shared_mask": segment_mask(segment), "catto_shared_index": index}
+
+
+def segment_mask(segment: torch.Tensor) -> torch.Tensor:
+    """The boolean attention mask `(B, N, N)` of rows whose positions are labelled by `segment` `(B, N)`: 0 the
+    shared prefix, 1, 2, ... the continuations that follow it, -1 padding. A query sees, causally, the prefix and its
+    own segment, never another continuation (for a pair: rejected never sees chosen); a padding position sees only
+    itself, so no softmax row is empty."""
+    n = segment.size(1)
     q, k = segment[:, :, None], segment[:, None, :]
-    causal = torch.ones((n, n), dtype=torch.bool).tril()
-    mask = causal & (k >= 0) & (q >= 0) & ~((q == 2) & (k == 1))
-    mask |= torch.eye(n, dtype=torch.bool) & (q < 0)  # padding rows see themselves only: no empty softmax
-    return {"catto_shared_input_ids": ids, "catto_shared_position_ids": positions, "catto_shared_mask": mask,
-            "catto_shared_index": index}
+    causal = torch.ones((n, n), dtype=torch.bool, device=segment.device).tril()
+    mask = causal & (k >= 0) & (q >= 0) & ((k == 0) | (k == q))
+    return mask | (torch.eye(n, dtype=torch.bool, device=segment.device) & (q < 0))
+
+
+def continuation_layout(requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], *,
+                        pad_token_id: int) -> dict[str, Any]:
+    """One row per `(context, continuations)`: the context, then every continuation, each seeing the context and
+    itself only, its position ids continuing from the context's end: the cloze scoring of all options of an item
+    in one pass, each option token computed with exactly the context and position it has in `context + option`.
+
+    Returns `input_ids`, `position_ids` `(B, N)`, `mask` `(B, N, N)` (see `segment_mask`) and `predictors`: per
+    request, per continuation, the flat indices into `(B * N)` of the hidden states that predict its tokens (the
+    context's last position for its first token, then its own previous positions).
+
+    Example:
+        >>> out = continuation_layout([([5, 6], [[7], [8, 9]])], pad_token_id=0)
+        >>> out["input_ids"].tolist(), out["position_ids"].tolist(), out["predictors"]
+        ([[5, 6, 7, 8, 9]], [[0, 1, 2, 2, 3]], [[[1], [1, 3]]])
+    """
+    if any(not ctx or not conts or not all(conts) for ctx, conts in requests):
+        raise ValueError("continuation_layout needs a non-empty context and non-empty continuations per request.")
+    n = max(len(ctx) + sum(len(c) for c in conts) for ctx, conts in requests)
+    b = len(requests)
+    ids = torch.full((b, n), pad_token_id, dtype=torch.long)
+    positions = torch.zeros((b, n), dtype=torch.long)
+    segment = torch.full((b, n), -1, dtype=torch.long)
+    predictors = []
+    for i, (ctx, conts) in enumerate(requests):
+        lc = len(ctx)
+        ids[i, :lc], positions[i, :lc], segment[i, :lc] = torch.tensor(list(ctx)), torch.arange(lc), 0
+        start, per_request = lc, []
+        for k, cont in enumerate(conts, start=1):
+            end = start + len(cont)
+            ids[i, start:end] = torch.tensor(list(cont))
+            positions[i, start:end] = torch.arange(lc, lc + len(cont))
+            segment[i, start:end] = k
+            per_request.append([i * n + lc - 1] + [i * n + p for p in range(start, end - 1)])
+            start = end
+        predictors.append(per_request)
+    return {"input_ids": ids, "position_ids": positions, "mask": segment_mask(segment), "predictors": predictors}
 
 
 def backend_mask(mask: torch.Tensor, positions: torch.Tensor, config, dtype: torch.dtype):

@@ -220,17 +220,42 @@ def cloze_requests(tokenizer, items: Sequence[MCQAItem], fmt: ClozeFormat):
     return out
 
 
+CONTEXT_SHARING = ("auto", "layout", "cache", "none")
+
+
+def resolve_context_sharing(model, share_context: bool | str) -> str:
+    """The cloze path for `model`: `"layout"` (one row per item: the context once, then every option behind a mask
+    that hides the other options, `catto.core.prefix_sharing.continuation_layout`; sdpa/eager text models),
+    `"cache"` (the context once, its KV cache repeated per option), `"none"` (context + option run K times, as
+    lm-eval does). `True`/`"auto"` picks layout where the model's attention takes the mask, else cache; `False` is
+    `"none"`. All three give the same numbers up to float rounding (tests/test_scoring.py)."""
+    mode = {True: "auto", False: "none"}.get(share_context, share_context)
+    if mode not in CONTEXT_SHARING:
+        raise ValueError(f"`share_context` must be True, False or one of {list(CONTEXT_SHARING)}, got {share_context!r}.")
+    if mode == "auto":
+        from .token import backbone_and_head, can_share_prefix
+
+        try:
+            backbone_and_head(model)
+        except ValueError:
+            return "cache"
+        return "layout" if can_share_prefix(model.config) else "cache"
+    return mode
+
+
 @torch.no_grad()
 def score_cloze(model, tokenizer, items: Sequence[MCQAItem], *, config: ScoringConfig = ScoringConfig("cloze"),
-                batch_size: int = 32, progress: bool = True, share_context: bool = True,
+                batch_size: int = 32, progress: bool = True, share_context: bool | str = True,
                 on_batch: Callable[[list[ItemResult]], None] | None = None) -> list[ItemResult]:
     """Cloze scoring: log-likelihood of every option text; `batch_size` counts (item, option) sequences.
 
-    With `share_context` (default) each item's context runs through the model once and its KV cache is repeated
-    for the options, so only the short continuations are run K times (lm-eval runs context + option K times). Set
-    it to False for models whose cache cannot be reordered; both paths give the same numbers (tested).
+    With `share_context` (default) each item's context runs through the model once, not once per option as in
+    lm-eval: all options in one masked row where the model's attention takes a custom mask, else on the context's
+    repeated KV cache (`resolve_context_sharing`). Every path gives the same numbers up to float rounding (tested).
     """
     device = model_device(model)
+    mode = resolve_context_sharing(model, share_context)
+    score = {"layout": _cloze_batch_layout, "cache": _cloze_batch_shared, "none": _cloze_batch_full}[mode]
     requests = cloze_requests(tokenizer, items, config.cloze_format)
     pad = pad_token_id(tokenizer)
     results: dict[int, ItemResult] = {}
@@ -241,7 +266,6 @@ def score_cloze(model, tokenizer, items: Sequence[MCQAItem], *, config: ScoringC
         batch.append(i)
         n_sequences = sum(len(requests[j][1]) for j in batch)
         if n_sequences >= batch_size or position == len(order) - 1:
-            score = _cloze_batch_shared if share_context else _cloze_batch_full
             logliks = score(model, [requests[j] for j in batch], pad, device)
             done = [_cloze_result(items[j], ll, [len(c) for c in requests[j][1]], config)
                     for j, ll in zip(batch, logliks)]
@@ -298,6 +322,34 @@ def _cloze_batch_shared(model, requests, pad, device) -> list[list[float]]:
     return out_lists
 
 
+def _cloze_batch_layout(model, requests, pad, device) -> list[list[float]]:
+    """All options of each item in one row behind the context (`continuation_layout`); only the positions that
+    predict option tokens go through the LM head (the tiled kernel: no `(rows, seq, vocab)` logits)."""
+    from ..core.prefix_sharing import backend_mask, continuation_layout
+    from .token import backbone_and_head, head_statistics
+
+    backbone, head, config = backbone_and_head(model)
+    layout = continuation_layout(requests, pad_token_id=pad)
+    positions = layout["position_ids"].to(device)
+    dtype = next(backbone.parameters()).dtype
+    mask = backend_mask(layout["mask"].to(device), positions, backbone.config,
+                        dtype if dtype.is_floating_point else torch.float32)
+    hidden = backbone(input_ids=layout["input_ids"].to(device), attention_mask=mask, position_ids=positions,
+                      use_cache=False).last_hidden_state
+    rows = [p for per_request in layout["predictors"] for predictors in per_request for p in predictors]
+    targets = torch.tensor([t for _, conts in requests for cont in conts for t in cont])
+    picked = hidden.reshape(-1, hidden.size(-1))[torch.tensor(rows, device=hidden.device)]
+    label_logp = head_statistics(picked, head, config, targets)[0].double().cpu().tolist()
+    out, offset = [], 0
+    for _, conts in requests:
+        sums = []
+        for cont in conts:
+            sums.append(sum(label_logp[offset: offset + len(cont)]))
+            offset += len(cont)
+        out.append(sums)
+    return out
+
+
 def _cloze_result(item: MCQAItem, loglik: list[float], n_tokens: list[int], config: ScoringConfig) -> ItemResult:
     """Option probabilities from the configured normalisation; all three kept in `extra`."""
     chars = [len(c) for c in item.choices]
@@ -334,7 +386,7 @@ def _emit(indices, batch_results, results, on_batch, bar) -> None:
 
 def score_items(model, tokenizer, items: Sequence[MCQAItem], *, config: ScoringConfig = ScoringConfig(),
                 fewshot: Sequence[MCQAItem] = (), batch_size: int = 16, results_path: str | os.PathLike | None = None,
-                progress: bool = True, share_context: bool = True) -> list[ItemResult]:
+                progress: bool = True, share_context: bool | str = True) -> list[ItemResult]:
     """Score `items` in `config.scoring` mode; with `results_path`, append each batch to that JSONL and, on a
     re-run, skip the items it already holds (resume after an interruption).
 

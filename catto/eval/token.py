@@ -190,10 +190,11 @@ def backbone_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
     return backbone, inner.get_output_embeddings(), inner.config
 
 
-def _token_stats(hidden: torch.Tensor, head, config, targets: torch.Tensor,
-                 token_chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(confidence, correct, label_prob)` on the CPU of the hidden states `(n, H)` that predict `targets` `(n,)`,
-    from the tiled LM-head kernel the trainer uses (no `(n, vocab)` logits)."""
+def head_statistics(hidden: torch.Tensor, head, config, targets: torch.Tensor,
+                    token_chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(label log-prob, top-1 log-prob, top-1 id)` `(n,)` of the hidden states `(n, H)` that predict `targets`
+    `(n,)`, on the head's device, from the tiled LM-head kernel the trainer uses (no `(n, vocab)` logits; the model's
+    logit scale and soft-cap applied). A NaN/inf logit is a `FloatingPointError` naming the usual cause."""
     from trl.trainer.utils import maybe_gather_lm_head_ctx
 
     from ..core.fused_head import chunked_calibration_stats, head_weight_and_bias, logit_transform_from_config
@@ -205,11 +206,18 @@ def _token_stats(hidden: torch.Tensor, head, config, targets: torch.Tensor,
         label_logp, *_, top_logp, top_ids = chunked_calibration_stats(
             hidden.to(weight.device), weight, bias, targets, token_chunk_size=token_chunk_size,
             logit_scale=logit_scale, softcap=softcap)
-    conf = top_logp[:, 0].float().exp().cpu()
-    if not torch.isfinite(conf).all():
+    if not (torch.isfinite(top_logp[:, 0]).all() and torch.isfinite(label_logp).all()):
         raise FloatingPointError("The model produced NaN/inf logits; check the dtype (fp16 overflows on some "
                                  "models; use bf16 or fp32).")
-    return conf, (top_ids[:, 0] == targets).cpu(), label_logp.float().exp().cpu()
+    return label_logp, top_logp[:, 0], top_ids[:, 0]
+
+
+def _token_stats(hidden: torch.Tensor, head, config, targets: torch.Tensor,
+                 token_chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(confidence, correct, label_prob)` on the CPU of the hidden states `(n, H)` that predict `targets` `(n,)`."""
+    label_logp, top_logp, top_ids = head_statistics(hidden, head, config, targets, token_chunk_size)
+    return (top_logp.float().exp().cpu(), (top_ids.cpu() == targets.cpu()),
+            label_logp.float().exp().cpu())
 
 
 @torch.no_grad()

@@ -70,6 +70,9 @@ DEMO_ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("dpo", "demo/dpo"),
     Arm("dpo_bce", "demo/catto", ("--catto_alpha", "0.3", "--catto_loss_form", "bce")),
     *(Arm(f"catto_a{a}", "demo/catto", ("--catto_alpha", a)) for a in ("0.05", "0.1", "0.3", "1.0")),
+    # the loss-form study (issue 27, part 2): BCE and the squared form beside L1, at the same alphas
+    *(Arm(f"bce_a{a}", "demo/catto", ("--catto_alpha", a, "--catto_loss_form", "bce")) for a in ("0.1", "1.0")),
+    *(Arm(f"l2_a{a}", "demo/catto", ("--catto_alpha", a, "--catto_loss_form", "l2")) for a in ("0.1", "0.3", "1.0")),
     Arm("catto_a0.3_prob", "demo/catto", ("--catto_alpha", "0.3", "--catto_margin", "prob")),
     Arm("catto_a0.3_nodetach", "demo/catto", ("--catto_alpha", "0.3", "--catto_detach_target", "false")),
     Arm("catto_a0.3_chosen", "demo/catto", ("--catto_alpha", "0.3", "--catto_sequences", "chosen")),

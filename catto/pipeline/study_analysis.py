@@ -82,9 +82,10 @@ def run_metrics(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dic
     return {"per_set": per_set, "pooled_ood": pooled}
 
 
-def comparisons(keys: list[str]) -> list[tuple[str, str]]:
-    """`(run, reference)` pairs: DPO vs base; every other arm vs DPO of the same seed; and every CATTO arm vs the
-    paper's DPO + BCE baseline of the same seed, where that run exists."""
+def comparisons(keys: list[str], also_vs: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """`(run, reference)` pairs: DPO vs base; every other arm vs DPO of the same seed; every CATTO arm vs the
+    paper's DPO + BCE baseline of the same seed; and every arm with a term vs each arm of `also_vs` (e.g. the
+    default arm, which a loss-form rule must beat) of the same seed; each where that run exists."""
     pairs = []
     for key in keys:
         arm, seed = key.rsplit("-s", 1)
@@ -93,11 +94,14 @@ def comparisons(keys: list[str]) -> list[tuple[str, str]]:
         refs = ["base-s0"] if arm == "dpo" else [f"dpo-s{seed}"]
         if arm.startswith("catto"):
             refs.append(f"dpo_bce-s{seed}")
-        pairs += [(key, ref) for ref in refs if ref in keys]
+        if arm != "dpo":
+            refs += [f"{ref}-s{seed}" for ref in also_vs if ref != arm and ref != "dpo_bce"]
+        pairs += [(key, ref) for ref in refs if ref in keys and ref != key]
     return pairs
 
 
-def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dict:
+def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int,
+                       also_vs: tuple[str, ...] = ()) -> dict:
     """`mcqa` and `tokens` are `{run key: {set: records}}`. Each pair of `comparisons` on the same items/pairs: ID
     and pooled OOD, paired bootstrap (MCQA: items; token: pairs); the answer's own tokens apart where the records
     name the EOS."""
@@ -116,7 +120,7 @@ def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int)
         return [r for n in names for r in _prefixed(tokens[key][n], n)]
 
     out = {}
-    for key, ref in comparisons(list(mcqa)):
+    for key, ref in comparisons(list(mcqa), also_vs):
         names = list(mcqa[key])
         groups = {"id": [id_name], "ood": [n for n in names if n != id_name]}
         entry = {}
@@ -255,6 +259,74 @@ def apply_noise_rule(selection: dict, paired: dict, default_arm: str = "catto_a0
             "changes_defaults": token_better and mcqa_not_worse and chosen != default_arm}
 
 
+# The loss-form study's rule (issue 27, part 2; benchmarks/results/loss_form_study/RULE.md, written before its runs):
+# answer-token numbers (the EOS apart), every arm with a term a candidate, the default arm the one to beat.
+LOSS_FORM_ACCURACY_KEYS = ("id_mcqa_accuracy", "ood_mcqa_accuracy", "id_answer_token_accuracy",
+                           "ood_answer_token_accuracy")
+
+
+def select_loss_form(rows: dict[str, dict[int, dict]], tolerance: float = 0.01) -> dict:
+    """Steps 1-2 of the loss-form rule on `{arm: {seed: row}}` (`rows_by_seed`): eligible = every arm with a term
+    (not `base`, not `dpo`) whose mean MCQA and answer-token accuracy, ID and pooled OOD, are each at most
+    `tolerance` below DPO's on the seeds both have; chosen = the eligible arm with the lowest mean pooled-OOD
+    answer-token ECE on the seeds the eligible arms share."""
+    if "dpo" not in rows:
+        return {"chosen": None, "reason": "no dpo arm to compare with"}
+    dpo = rows["dpo"]
+
+    def vs_dpo(arm: str, key: str, seeds: list[int]) -> float:
+        return float(np.mean([rows[arm][s][key] - dpo[s][key] for s in seeds]))
+
+    eligible, costs, seeds_of = [], {}, {}
+    for arm in rows:
+        if arm in ("base", "dpo"):
+            continue
+        seeds_of[arm] = sorted(set(rows[arm]) & set(dpo))
+        missing = [k for k in LOSS_FORM_ACCURACY_KEYS + ("ood_answer_token_ece",)
+                   if any(k not in rows[arm][s] or k not in dpo[s] for s in seeds_of[arm])]
+        if not seeds_of[arm] or missing:
+            costs[arm] = {"reason": "no DPO run with its seeds" if not seeds_of[arm] else
+                          f"no answer-token numbers ({', '.join(missing)}): records without the EOS named"}
+            continue
+        costs[arm] = {k: -vs_dpo(arm, k, seeds_of[arm]) for k in LOSS_FORM_ACCURACY_KEYS}
+        if all(cost <= tolerance for cost in costs[arm].values()):
+            eligible.append(arm)
+    if not eligible:
+        return {"chosen": None, "accuracy_cost_vs_dpo": costs, "compared_on_seeds": seeds_of,
+                "reason": f"no arm within {tolerance:.2f} of DPO's MCQA and answer-token accuracy (ID and OOD)"}
+    choice_seeds = sorted(set.intersection(*(set(seeds_of[a]) for a in eligible)))
+    key = "ood_answer_token_ece"
+    chosen = min(eligible, key=lambda arm: vs_dpo(arm, key, choice_seeds))
+    return {"rule": "loss_form", "chosen": chosen, "eligible": sorted(eligible), "tolerance": tolerance,
+            "accuracy_cost_vs_dpo": costs, "compared_on_seeds": seeds_of, "choice_seeds": choice_seeds,
+            "ood_answer_token_ece_vs_dpo_on_choice_seeds": {a: vs_dpo(a, key, choice_seeds) for a in eligible},
+            "ood_answer_token_ece_vs_dpo": vs_dpo(chosen, key, seeds_of[chosen]),
+            "ood_mcqa_ece_vs_dpo": vs_dpo(chosen, "ood_mcqa_ece15", seeds_of[chosen])}
+
+
+def apply_loss_form_noise_rule(selection: dict, paired: dict, default_arm: str = "catto_a0.3") -> dict:
+    """Step 3 of the loss-form rule: the chosen arm changes the defaults only if it is not `default_arm` and, on every
+    seed, its pooled-OOD answer-token ECE is below the default arm's beyond the paired interval and its pooled-OOD
+    MCQA ECE is not above it beyond the interval (`paired` from `paired_differences(..., also_vs=(default_arm,))`)."""
+    chosen = selection.get("chosen")
+    if not chosen:
+        return selection
+    if chosen == default_arm:
+        return {**selection, "beyond_noise": None, "changes_defaults": False,
+                "reason_defaults": f"the chosen arm is the default arm ({default_arm})"}
+    per_seed = {name: e["ood"] for name, e in paired.items()
+                if name.startswith(f"{chosen}-s") and f" vs {default_arm}-s" in name and "ood" in e}
+    token_better = bool(per_seed) and all("answer_token_ece" in e and e["answer_token_ece"]["ci"][1] < 0
+                                          for e in per_seed.values())
+    mcqa_not_worse = bool(per_seed) and all(e["mcqa_ece15"]["ci"][0] <= 0 for e in per_seed.values())
+    return {**selection, "default_arm": default_arm,
+            "per_seed_ood_answer_token_ece_ci_vs_default": {n: e.get("answer_token_ece", {}).get("ci")
+                                                            for n, e in per_seed.items()},
+            "per_seed_ood_mcqa_ece_ci_vs_default": {n: e["mcqa_ece15"]["ci"] for n, e in per_seed.items()},
+            "answer_token_ece_below_default_every_seed": token_better,
+            "mcqa_ece_not_above_default_every_seed": mcqa_not_worse,
+            "beyond_noise": token_better and mcqa_not_worse, "changes_defaults": token_better and mcqa_not_worse}
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reports
@@ -275,6 +347,23 @@ def selection_lines(sel: dict) -> list[str]:
 
     def yes(flag):
         return "yes" if flag else "**no**"
+
+    if sel.get("rule") == "loss_form":
+        lines = [f"- Eligible (MCQA and answer-token accuracy within {sel['tolerance']:.2f} of DPO on the same "
+                 f"seeds): {', '.join(sel['eligible'])}; chosen on seeds {sel['choice_seeds']}: **{sel['chosen']}** "
+                 f"(pooled-OOD answer-token ECE vs DPO {sel['ood_answer_token_ece_vs_dpo']:+.3f} over its seeds)."]
+        if sel.get("beyond_noise") is None:
+            return lines + [f"- Defaults: unchanged ({sel.get('reason_defaults', '')})."]
+        token = "; ".join(f"{k.split(' vs ')[0]} " + ("-" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]")
+                          for k, ci in sel["per_seed_ood_answer_token_ece_ci_vs_default"].items())
+        mcqa = "; ".join(f"{k.split(' vs ')[0]} [{a:+.3f}, {b:+.3f}]"
+                         for k, (a, b) in sel["per_seed_ood_mcqa_ece_ci_vs_default"].items())
+        return lines + [
+            f"- Pooled-OOD answer-token ECE below the default arm ({sel['default_arm']}) beyond the paired interval on "
+            f"every seed: {yes(sel['answer_token_ece_below_default_every_seed'])} ({token}).",
+            f"- Pooled-OOD MCQA ECE not above the default arm's beyond the interval on every seed: "
+            f"{yes(sel['mcqa_ece_not_above_default_every_seed'])} ({mcqa}).",
+            f"- Defaults: {'change to ' + sel['chosen'] if sel['changes_defaults'] else 'unchanged'}."]
 
     lines = [f"- Eligible (accuracy within {sel['tolerance']:.2f} of DPO on the same seeds): "
              f"{', '.join(sel['eligible'])}; chosen on seeds {sel['choice_seeds']}: **{sel['chosen']}** "
@@ -389,9 +478,15 @@ def plot_tradeoff(payload: dict, path: Path) -> None:
     if plt is None or "dpo" not in table:
         return
     ref = table["dpo"]
-    panels = (("ood_token_accuracy", "ood_token_ece", "held-out token, OOD pooled"),
-              ("ood_mcqa_accuracy", "ood_mcqa_ece15", "MCQA (cloze), OOD pooled"))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    # the answer's own tokens where every arm has them (the EOS apart; issue 27 part 0), else all tokens
+    if all("ood_answer_token_ece" in row for row in table.values()):
+        tok_acc, tok_ece, what = "ood_answer_token_accuracy", "ood_answer_token_ece", "answer-token"
+    else:
+        tok_acc, tok_ece, what = "ood_token_accuracy", "ood_token_ece", "token"
+    panels = ((tok_acc, tok_ece, f"held-out {what} ECE vs {what} accuracy, OOD pooled"),
+              ("ood_mcqa_accuracy", tok_ece, f"held-out {what} ECE vs MCQA accuracy, OOD pooled"),
+              ("ood_mcqa_accuracy", "ood_mcqa_ece15", "MCQA (cloze) ECE vs MCQA accuracy, OOD pooled"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5))
     for ax, (acc_key, ece_key, title) in zip(axes, panels):
         for arm, row in table.items():
             if acc_key not in row:

@@ -43,8 +43,8 @@ class CATTOConfig(DPOConfig):
         catto_detach_target (`bool`, *optional*, defaults to `True`):
             Whether z_t is a fixed target (no gradient through it).
         catto_loss_form (`str`, *optional*, defaults to `"l1"`):
-            Per-token loss: `"l1"` (|c_t − z_t|, CATTO) or `"bce"` (binary cross-entropy of c_t against z_t, the
-            paper's DPO+BCE baseline).
+            Per-token loss: `"l1"` (|c_t − z_t|, CATTO), `"bce"` (binary cross-entropy of c_t against z_t, the
+            paper's DPO+BCE baseline) or `"l2"` ((c_t − z_t)², a squared form for comparison).
         catto_sequences (`str`, *optional*, defaults to `"both"`):
             Whose response tokens enter the term: `"both"` (chosen and rejected) or `"chosen"`.
         catto_exclude_eos (`bool`, *optional*, defaults to `False`):
@@ -94,7 +94,7 @@ class CATTOConfig(DPOConfig):
     )
     catto_loss_form: str = field(
         default="l1",
-        metadata={"help": "Per-token loss: 'l1' (|c - z|, CATTO) or 'bce' (the DPO+BCE baseline).",
+        metadata={"help": "Per-token loss: 'l1' (|c - z|, CATTO), 'bce' (the DPO+BCE baseline) or 'l2' ((c - z)^2).",
                   "choices": list(LOSS_FORM_CHOICES)},
     )
     catto_sequences: str = field(
