@@ -1,7 +1,8 @@
 """Where the evaluation of the demo and the calibration study spends its time, per phase, on a real model.
 
 One trained-model evaluation of the study is, per set: cloze MCQA scoring of N items (`catto.eval.scoring`, the
-context once through the model with its KV cache repeated for the options), held-out token calibration of the same
+context once through the model: all options in one masked row, or, as before, its KV cache repeated for the
+options; both are timed and their numbers compared), held-out token calibration of the same
 items as answer-text pairs (`catto.eval.token`), and the metrics with their bootstrap intervals
 (`catto.pipeline.study_analysis`). This script times each phase on one set with the study's settings, the token
 phase both ways (one row per pair with prefix sharing, and two rows per pair as before), and records wall and CPU
@@ -30,7 +31,7 @@ import torch
 
 from catto.core.modeling import load_model_and_tokenizer
 from catto.data import mcqa_to_preference
-from catto.eval.scoring import ScoringConfig, score_items
+from catto.eval.scoring import ScoringConfig, resolve_context_sharing, score_items
 from catto.eval.token import TokenEvalConfig, token_calibration
 from catto.io import write_json_atomic
 from catto.pipeline import study_analysis
@@ -60,9 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     pairs = list(mcqa_to_preference(items, prompt_format="cloze", rejected="random", seed=0))
     (model, tokenizer), load = timed(load_model_and_tokenizer, args.model, dtype="float32", device="cpu")
     phases = {"load_model": load}
-    mcqa, phases["cloze_scoring"] = timed(score_items, model, tokenizer, items,
-                                          config=ScoringConfig("cloze", cloze_normalization="char"), batch_size=16,
+    cloze = ScoringConfig("cloze", cloze_normalization="char")
+    mcqa, phases["cloze_scoring"] = timed(score_items, model, tokenizer, items, config=cloze, batch_size=16,
                                           progress=False)
+    cached, phases["cloze_scoring_kv_cache"] = timed(score_items, model, tokenizer, items, config=cloze,
+                                                     batch_size=16, progress=False, share_context="cache")
+    cloze_agreement = {
+        "max_abs_loglik_difference": max(abs(a - b) for x, y in zip(mcqa, cached)
+                                         for a, b in zip(x.extra["loglik_sum"], y.extra["loglik_sum"])),
+        "same_predictions": sum(x.prediction == y.prediction for x, y in zip(mcqa, cached)) / len(mcqa)}
     for sharing in (True, False):
         tokens, phases[f"token_calibration_{'shared' if sharing else 'two_rows'}"] = timed(
             token_calibration, model, tokenizer, pairs, config=TokenEvalConfig(prefix_sharing=sharing),
@@ -80,15 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     profiler.disable()
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(12)
-    total = sum(v["cpu_s"] for k, v in phases.items() if k not in ("load_model", "token_calibration_two_rows"))
+    before = ("load_model", "token_calibration_two_rows", "cloze_scoring_kv_cache")  # the paths replaced
+    total = sum(v["cpu_s"] for k, v in phases.items() if k not in before)
     report = {
         "command": "python benchmarks/profile_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model, "data": args.data, "items": len(items), "bootstrap": args.bootstrap,
         "phases": phases,
-        "share_of_one_set_cpu": {k: v["cpu_s"] / total for k, v in phases.items()
-                                 if k not in ("load_model", "token_calibration_two_rows")},
+        "share_of_one_set_cpu": {k: v["cpu_s"] / total for k, v in phases.items() if k not in before},
         "token_shared_vs_two_rows_cpu": phases["token_calibration_shared"]["cpu_s"]
         / phases["token_calibration_two_rows"]["cpu_s"],
+        "cloze_path": resolve_context_sharing(model, True),
+        "cloze_one_row_vs_kv_cache_cpu": phases["cloze_scoring"]["cpu_s"] / phases["cloze_scoring_kv_cache"]["cpu_s"],
+        "cloze_one_row_vs_kv_cache_agreement": cloze_agreement,
         "profiled_phase": slowest, "profile_top_tottime": stream.getvalue().splitlines()[:40],
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device": "cpu"},
@@ -96,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in phases.items():
         print(f"{name:<28} wall {v['wall_s']:7.1f} s   CPU {v['cpu_s']:7.1f} s")
     print(f"token calibration, shared / two rows (CPU): {report['token_shared_vs_two_rows_cpu']:.3f}")
+    print(f"cloze scoring ({report['cloze_path']}) / KV cache (CPU): {report['cloze_one_row_vs_kv_cache_cpu']:.3f}; "
+          f"{cloze_agreement}")
     if args.out:
         write_json_atomic(args.out, report)
         print(f"Wrote {args.out}")

@@ -55,6 +55,14 @@ def baseline_tree(rev: str, work: Path) -> Path:
     return tree
 
 
+def _head() -> str:
+    """This checkout's commit, with `+dirty` when tracked files differ from it."""
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "catto", "benchmarks"]).returncode
+    return rev + ("+dirty" if dirty else "")
+
+
 def launch(tree: Path, out: Path, args) -> subprocess.Popen:
     from catto.pipeline.assets import shared_data_dir
 
@@ -107,6 +115,8 @@ def main(argv=None) -> int:
     cost_file = work / "costs.json"
     costs = json.loads(cost_file.read_text()) if cost_file.exists() else {}
     if todo:
+        # the commit each side runs, read at launch (the checkout may move on while the runs last)
+        revs = {"baseline": args.baseline_rev, "current": _head()}
         started = time.perf_counter()
         procs = {name: launch(tree, outs[name], args) for name, tree in todo.items()}
         fresh = wait_all(procs, started)
@@ -114,7 +124,7 @@ def main(argv=None) -> int:
         if failed:
             print(f"study_arm_cost: side(s) {failed} failed; see {work}/study-<side>.log", file=sys.stderr)
             return 1
-        costs.update({n: dict(c, concurrent_with=sorted(set(todo) - {n})) for n, c in fresh.items()})
+        costs.update({n: dict(c, concurrent_with=sorted(set(todo) - {n}), rev=revs[n]) for n, c in fresh.items()})
         cost_file.write_text(json.dumps(costs, indent=2))
     sides = {}
     for name in trees:
@@ -126,12 +136,10 @@ def main(argv=None) -> int:
     keys = [k for k in base_m if k in cur_m and "/ci/" not in k and not k.endswith("noise_floor")]
     diffs = {k: abs(base_m[k] - cur_m[k]) for k in keys}
     worst = sorted(diffs, key=diffs.get, reverse=True)[:10]
-    revision = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
     result = {
         "command": "python benchmarks/study_arm_cost.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "arm": args.arm, "seed": args.seed, "steps": args.steps, "eval_items_per_set": args.eval_items,
-        "baseline_rev": args.baseline_rev, "current_rev": revision,
+        "baseline_rev": args.baseline_rev, "current_rev": costs["current"].get("rev"),
         "protocol": "both sides at the same time, one torch thread each, on the same 2-core machine; cpu_s is the "
                     "study process and its waited-for children (training); peak RSS is the largest single process",
         "sides": sides,
