@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         sides[name] = dict(costs[name], train_wall_s=train.get("train_seconds"), eval_wall_s=run["eval_seconds"],
                            eval_cpu_s=run["eval_cpu_seconds"])
     base_m, cur_m = (dict(flat(metrics_of(outs[n] / "study.json")[1])) for n in ("baseline", "current"))
-    keys = [k for k in base_m if k in cur_m and "/ci/" not in k and not k.endswith("noise_floor")]
+    # intervals and noise floors are bootstrap / simulation outputs: a 1e-6 change of a confidence can move them
+    keys = [k for k in base_m if k in cur_m and "/ci/" not in k and "noise_floor" not in k]
     diffs = {k: abs(base_m[k] - cur_m[k]) for k in keys}
     worst = sorted(diffs, key=diffs.get, reverse=True)[:10]
     result = {
@@ -148,6 +149,9 @@ def main(argv=None) -> int:
                                         if sides["current"].get(k) and sides["baseline"].get(k)},
         "metrics_compared": len(keys),
         "max_abs_metric_difference": {k: diffs[k] for k in worst},
+        # the point estimates alone (the debiased ECE is a bootstrap estimate: its resamples amplify rounding)
+        "max_abs_point_estimate_difference": {k: diffs[k] for k in sorted(
+            (k for k in keys if k.endswith("/value")), key=diffs.get, reverse=True)[:5]},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu"},
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
