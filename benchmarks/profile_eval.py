@@ -31,6 +31,7 @@ import torch
 
 from catto.core.modeling import load_model_and_tokenizer
 from catto.data import mcqa_to_preference
+from catto.eval.joint import score_cloze_and_tokens
 from catto.eval.scoring import ScoringConfig, resolve_context_sharing, score_items
 from catto.eval.token import TokenEvalConfig, token_calibration
 from catto.io import write_json_atomic
@@ -74,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         tokens, phases[f"token_calibration_{'shared' if sharing else 'two_rows'}"] = timed(
             token_calibration, model, tokenizer, pairs, config=TokenEvalConfig(prefix_sharing=sharing),
             progress=False)
+    # what the study's runner does when both methods evaluate the same items: one pass for both (catto.eval.joint)
+    (joint_cloze, joint_tokens), phases["cloze_and_token_one_pass"] = timed(
+        score_cloze_and_tokens, model, tokenizer, items, pairs, scoring=cloze, token=TokenEvalConfig(),
+        batch_size=16)
+    by_id = {t.id: t for t in tokens}
+    joint_agreement = {
+        "items_in_the_pass": len(joint_cloze) / len(items),
+        "max_abs_loglik_difference": max(abs(a - b) for r in mcqa if r.id in joint_cloze
+                                         for a, b in zip(r.extra["loglik_sum"], joint_cloze[r.id].extra["loglik_sum"])),
+        "max_abs_token_confidence_difference": max(
+            abs(a - b) for t in joint_tokens.values() for role in ("chosen", "rejected")
+            for a, b in zip(t.sequence(role).confidence, by_id[t.id].sequence(role).confidence))}
     _, phases["mcqa_metrics"] = timed(study_analysis.mcqa_metrics, mcqa, args.bootstrap)
     _, phases["token_metrics"] = timed(study_analysis.token_metrics_of, tokens, args.bootstrap)
     slowest = max(("cloze_scoring", "token_calibration_shared"), key=lambda k: phases[k]["cpu_s"])
@@ -87,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     profiler.disable()
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(12)
-    before = ("load_model", "token_calibration_two_rows", "cloze_scoring_kv_cache")  # the paths replaced
+    # the paths replaced: the shares are of one set's evaluation as the two methods run apart
+    before = ("load_model", "token_calibration_two_rows", "cloze_scoring_kv_cache", "cloze_and_token_one_pass")
     total = sum(v["cpu_s"] for k, v in phases.items() if k not in before)
     report = {
         "command": "python benchmarks/profile_eval.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -99,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         "cloze_path": resolve_context_sharing(model, True),
         "cloze_one_row_vs_kv_cache_cpu": phases["cloze_scoring"]["cpu_s"] / phases["cloze_scoring_kv_cache"]["cpu_s"],
         "cloze_one_row_vs_kv_cache_agreement": cloze_agreement,
+        "one_pass_vs_cloze_plus_token_cpu": phases["cloze_and_token_one_pass"]["cpu_s"]
+        / (phases["cloze_scoring"]["cpu_s"] + phases["token_calibration_shared"]["cpu_s"]),
+        "one_pass_agreement": joint_agreement,
         "profiled_phase": slowest, "profile_top_tottime": stream.getvalue().splitlines()[:40],
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device": "cpu"},
@@ -108,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"token calibration, shared / two rows (CPU): {report['token_shared_vs_two_rows_cpu']:.3f}")
     print(f"cloze scoring ({report['cloze_path']}) / KV cache (CPU): {report['cloze_one_row_vs_kv_cache_cpu']:.3f}; "
           f"{cloze_agreement}")
+    print(f"one pass / (cloze + token) (CPU): {report['one_pass_vs_cloze_plus_token_cpu']:.3f}; {joint_agreement}")
     if args.out:
         write_json_atomic(args.out, report)
         print(f"Wrote {args.out}")

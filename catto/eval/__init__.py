@@ -3,6 +3,7 @@ comparisons and plots (the runner that composes them with the methods is `catto.
 
 - `catto.eval.scoring`: letter / cloze option probabilities, batched and resumable.
 - `catto.eval.token`: held-out token calibration of preference pairs (the quantity the CATTO term optimises).
+- `catto.eval.joint`: cloze scoring and token calibration of the same MCQA items in one forward pass.
 - `catto.eval.answer_parsing`: the MSP paper's answer parser for generated text.
 - `catto.eval.results`: the per-item result type and its crash-safe JSONL file.
 - `catto.eval.metrics`: calibration and selective-prediction metrics, bootstrap intervals, ECE noise floor.

@@ -105,6 +105,9 @@ class EvalArguments:
         "help": "Replace results in --out made with other settings or data (default: refuse and say what "
                 "differs).", "flag": "overwrite_output_dir", "deprecated_aliases": ["--overwrite"]})
     no_plots: bool = field(default=False, metadata={"help": "Do not draw reliability / risk-coverage plots."})
+    no_joint_pass: bool = field(default=False, metadata={
+        "help": "Run cloze scoring and token calibration as two passes (default: where both evaluate the same MCQA "
+                "items, one pass serves both, catto.eval.joint; the same numbers up to float rounding)."})
     no_progress: bool = field(default=False, metadata={"help": "No progress bars."})
     report_to: list[str] = field(default_factory=list, metadata={
         "help": "Also log the metrics and reliability diagrams to these trackers (tensorboard, wandb, trackio, "
@@ -535,6 +538,7 @@ class EvalRunner:
             if a.fit_first:
                 fit_part, items = d.items[: a.fit_first], d.items[a.fit_first:]
             out[d.name] = {}
+            self._joint_cloze_token_pass(methods, shared, d, items, fit_part, folder_of)
             for spec in methods:
                 folder = folder_of(spec.name, d.name)
                 if spec.results_dir is not None:
@@ -550,6 +554,45 @@ class EvalRunner:
                 ev.bind_output(folder)
                 out[d.name][spec.name] = self._evaluate(ev, d, items, [it.id for it in fit_part], folder)
         return out
+
+    def _joint_cloze_token_pass(self, methods: Sequence[MethodSpec], shared: Mapping[str, Any], d: EvalDataset,
+                                items: list, fit_part: list, folder_of: Callable[[str, str | None], str]) -> int:
+        """Where `scoring` (cloze) and `token` (cloze answer-text pairs) both evaluate these MCQA items, run their
+        model work as one pass (`catto.eval.joint`) and append the records to both methods' results files: each
+        method then finds those items done, as on a resume. Items the pass cannot take are left to the methods.
+        Returns the number of items done here."""
+        from ..data.items import MCQAItem
+        from ..eval.joint import score_cloze_and_tokens
+        from ..eval.results import ResultsFile
+        from ..eval.token import TokenPairResult
+        from ..methods.scoring import ScoringMethod
+        from ..methods.token import TokenCalibration
+
+        if self.args.no_joint_pass or fit_part or not items or not all(isinstance(it, MCQAItem) for it in items):
+            return 0
+        own = [s for s in methods if s.results_dir is None and s.evaluator is None and s.name not in shared]
+        scoring = next((s for s in own if s.cls is ScoringMethod), None)
+        token = next((s for s in own if s.cls is TokenCalibration), None)
+        if scoring is None or token is None:
+            return 0
+        scoring_ev, token_ev = self._new(scoring), self._new(token)
+        if (scoring_ev.config.scoring != "cloze" or d.fewshot or token_ev.config.pair_format != "cloze"
+                or token_ev.config.conversational):
+            return 0
+        stores = (ResultsFile(os.path.join(folder_of(scoring.name, d.name), "results.jsonl")),
+                  ResultsFile(os.path.join(folder_of(token.name, d.name), "results.jsonl"),
+                              record_type=TokenPairResult))
+        pairs = token_ev.pairs(items)
+        todo = [k for k, it in enumerate(items) if it.id not in stores[0] and str(pairs[k]["id"]) not in stores[1]]
+        if not todo:
+            return 0
+        model, tokenizer = self.model()
+        done, _ = score_cloze_and_tokens(
+            model, tokenizer, [items[k] for k in todo], [pairs[k] for k in todo],
+            scoring=scoring_ev.config.scoring_config(), token=token_ev.config.token_eval_config(),
+            batch_size=scoring_ev.config.batch_size, progress=not self.args.no_progress,
+            on_batch=lambda cloze, tokens: (stores[0].append(cloze), stores[1].append(tokens)))
+        return len(done)
 
     def _evaluate(self, ev, d: EvalDataset, items: list, fit_ids: list[str], folder: str) -> MethodRun:
         from ..eval.results import write_results_jsonl
