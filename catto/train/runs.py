@@ -75,20 +75,22 @@ def train_run(argv: list[str], out_dir: str, *, overwrite: bool = False) -> dict
         script_args, training_args, model_args = parse_args(argv + extra)
         if os.path.abspath(training_args.output_dir) != os.path.abspath(out_dir):
             raise ValueError(f"train_run: argv trains into {training_args.output_dir}, not {out_dir}.")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer = main(script_args, training_args, model_args)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         del trainer
         gc.collect()
         for path in glob.glob(os.path.join(out_dir, "checkpoint-*")):
             shutil.rmtree(path, ignore_errors=True)  # the finished model is in out_dir; checkpoints only resume
         write_json_atomic(os.path.join(out_dir, RUN_RECORD), {"argv": argv, "seconds": seconds,
+                                                              "cpu_seconds": cpu_seconds,
                                                               "resumed": checkpoint is not None})
     history = _read_json(os.path.join(out_dir, "trainer_state.json"))["log_history"]
     record = _read_json(os.path.join(out_dir, RUN_RECORD)) or _read_json(os.path.join(out_dir, _OLD_RUN_RECORD))
     train_logs = [h for h in history if "loss" in h]
     summary = history[-1] if history and "train_runtime" in history[-1] else {}
     return {"output_dir": out_dir, "argv": argv, "train_seconds": record.get("seconds"),
+            "train_cpu_seconds": record.get("cpu_seconds"),
             "first_log": train_logs[0] if train_logs else None, "last_log": train_logs[-1] if train_logs else None,
             "train_runtime": summary.get("train_runtime"),
             "steps": summary.get("step", history[-1].get("step") if history else None)}
