@@ -181,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     for arm_name, seed in plan(args.finalists, args.screened, args.seed_list):
         run = study.run(ARMS[arm_name], seed)
         mcqa_results[run.key], token_results[run.key] = run.records["scoring"], run.records["token"]
+        timing = Path(study.eval_dir(ARMS[arm_name], seed)) / "timing.json"  # the first evaluation's cost
         runs[run.key] = {"arm": arm_name, "seed": seed, "overrides": list(ARMS[arm_name].overrides),
                          "train": run.train, "eval_seconds": run.eval_seconds, "eval_cpu_seconds": run.eval_cpu_seconds,
+                         "cost": json.loads(timing.read_text()) if timing.is_file() else None,
                          "metrics": analysis.run_metrics(run.records["scoring"], run.records["token"], id_name,
                                                          args.bootstrap)}
         write_json_atomic(out / "runs.partial.json", runs)

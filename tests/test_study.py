@@ -363,9 +363,12 @@ def test_dry_run_trains_each_arm_once_with_its_flags(dry_run):
         assert runs[(name, 0)].train["steps"] == 2
     argv = study.train_argv(arms["catto_a1.0"], 0)
     assert argv[-2:] == ["--catto_alpha", "1.0"] and "--catto_alpha" not in study.train_argv(arms["dpo"], 0)
-    # a second run reuses the training and the per-item results
+    # a second run reuses the training and the per-item results, and keeps the first evaluation's cost
     mtime = os.path.getmtime(Path(study.run_dir(arms["dpo"], 0), "adapter_model.safetensors"))
+    timing = json.loads(Path(study.eval_dir(arms["dpo"], 0), "timing.json").read_text())
+    assert timing["eval_cpu_seconds"] == runs[("dpo", 0)].eval_cpu_seconds and timing["train_cpu_seconds"] > 0
     again = study.run(arms["dpo"], 0)
+    assert json.loads(Path(study.eval_dir(arms["dpo"], 0), "timing.json").read_text()) == timing
     assert os.path.getmtime(Path(study.run_dir(arms["dpo"], 0), "adapter_model.safetensors")) == mtime
     assert [r.to_json() for r in again.records["token"]["a"]] == [r.to_json() for r in
                                                                   runs[("dpo", 0)].records["token"]["a"]]
