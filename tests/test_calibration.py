@@ -174,3 +174,16 @@ def test_binned_ece_matches_torchmetrics(n_bins):
         conf, (pred == target).float(), ~mask, n_bins
     )
     assert torch.allclose(halves, counts)
+
+
+@pytest.mark.parametrize("loss_form", ["l1", "bce", "l2"])
+def test_the_loss_form_analysis_push_is_the_terms_gradient(loss_form):
+    # benchmarks/loss_form_gradients.py explains the forms by |dL/dlog c|; it must be the library term's own gradient
+    from posthoc_common import load_benchmark
+
+    push = load_benchmark("loss_form_gradients").push
+    c = torch.tensor([0.05, 0.3, 0.6, 0.95, 0.999], dtype=torch.float64)
+    z = torch.tensor([0.5, 0.1, 0.9, 0.2, 0.4], dtype=torch.float64)
+    log_c = c.log().requires_grad_(True)
+    per_token_calibration_loss(log_c, z, loss_form).sum().backward()
+    assert torch.allclose(log_c.grad.abs(), torch.from_numpy(push(loss_form, c.numpy(), z.numpy())), rtol=1e-6)
