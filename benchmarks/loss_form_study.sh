@@ -14,6 +14,17 @@ WORKERS=${WORKERS:-2}
 LOGS=${LOGS:-$OUT/logs}
 mkdir -p "$LOGS"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+RECORDS=$OUT/records  # per run, its eval folder (per-item records, settings, cost) as a committed archive
+
+# Runs finished in an earlier session come back from their archives: their records read back without a model or
+# the adapter (which is not kept), so they are neither trained nor scored again.
+if [ -d "$RECORDS" ]; then
+    for archive in "$RECORDS"/*.tar.gz; do
+        [ -e "$archive" ] || continue
+        key=$(basename "$archive" .tar.gz)
+        [ -d "$OUT/eval/$key" ] || tar xzf "$archive" -C "$OUT"
+    done
+fi
 
 jobs=("base 0")
 for seed in $SEEDS; do for arm in $ARMS; do jobs+=("$arm $seed"); done; done
@@ -31,6 +42,16 @@ if [ -z "${RENDER_ONLY:-}" ]; then
     done
     for pid in "${pids[@]}"; do wait "$pid"; done
 fi
+
+# Every finished run's records into an archive (made once: a run's records do not change).
+mkdir -p "$RECORDS"
+for dir in "$OUT"/eval/*/; do
+    key=$(basename "$dir")
+    [ -f "$dir/timing.json" ] && [ ! -e "$RECORDS/$key.tar.gz" ] || continue
+    complete=1
+    for f in "$dir"/{scoring,token}/mmlu/results.jsonl; do [ -f "$f" ] && [ "$(wc -l <"$f")" -ge 500 ] || complete=0; done
+    [ $complete = 1 ] && GZIP=-n tar czf "$RECORDS/$key.tar.gz" -C "$OUT" --sort=name --mtime=@0 --owner=0 --group=0 "eval/$key"
+done
 
 # The tables over every run whose evaluation is cached: the seeds every arm has finished.
 done_seeds=""

@@ -369,9 +369,33 @@ def test_dry_run_trains_each_arm_once_with_its_flags(dry_run):
     assert timing["eval_cpu_seconds"] == runs[("dpo", 0)].eval_cpu_seconds and timing["train_cpu_seconds"] > 0
     again = study.run(arms["dpo"], 0)
     assert json.loads(Path(study.eval_dir(arms["dpo"], 0), "timing.json").read_text()) == timing
-    assert os.path.getmtime(Path(study.run_dir(arms["dpo"], 0), "adapter_model.safetensors")) == mtime
-    assert [r.to_json() for r in again.records["token"]["a"]] == [r.to_json() for r in
-                                                                  runs[("dpo", 0)].records["token"]["a"]]
+    assert timing["train"]["argv"] == study.train_argv(arms["dpo"], 0)
+
+
+def test_a_run_restored_from_its_records_reads_back_without_its_adapter(dry_run, tmp_path):
+    """What a later session gets from the committed records archive: eval/<run>/ without runs/<run>/ (the adapter is
+    not kept) reads back as it was, with no training and no model; a study whose training differs is refused."""
+    import shutil
+
+    from catto.errors import ResumeMismatchError
+    from catto.pipeline.study import Study
+
+    study, arms, sets, runs = dry_run
+    arm = arms["catto_a1.0"]
+    run_dir = study.run_dir(arm, 0)
+    shutil.move(run_dir, tmp_path / "adapter")
+    try:
+        again = study.run(arm, 0)
+        assert not os.path.exists(run_dir)  # nothing trained
+        assert again.train == runs[("catto_a1.0", 0)].train
+        for method in ("scoring", "token"):
+            assert [r.to_json() for r in again.records[method]["a"]] == [
+                r.to_json() for r in runs[("catto_a1.0", 0)].records[method]["a"]]
+        other = Study(dataclasses.replace(study.settings, steps=3), sets)  # other training: not these records
+        with pytest.raises(ResumeMismatchError, match="trained with other arguments"):
+            other.run(arm, 0)
+    finally:
+        shutil.move(tmp_path / "adapter", run_dir)
 
 
 def test_dry_run_evaluates_every_arm_on_the_same_items_through_the_runner(dry_run):

@@ -27,15 +27,17 @@ Example (a dry run on a tiny model; see tests/test_study.py)::
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._logging import get_logger
-from ..errors import ConfigError
+from ..errors import ConfigError, ResumeMismatchError
 from .runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
 
 logger = get_logger(__name__)
@@ -140,6 +142,11 @@ class StudyRun:
     eval_cpu_seconds: float
 
 
+def _read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
 def sample_items(spec: str, split: str | None, n: int, seed: int = 0) -> list:
     """A seeded random sample of `n` valid items of a set (all of them when it has fewer): MMLU's first items would
     all be one subject."""
@@ -225,18 +232,52 @@ class Study:
             return self.settings.model, run_dir
         return run_dir, None
 
+    def _runner(self, arm: Arm, seed: int, model_and_adapter: tuple[str, str | None] | None = None) -> EvalRunner:
+        s = self.settings
+        model, adapter = model_and_adapter or self.model_of(arm, seed)
+        args = EvalArguments(model=model, adapter=adapter, data=list(self.eval_sets), out=self.eval_dir(arm, seed),
+                             device=s.device, dtype=s.dtype, n_bins=s.n_bins, bootstrap=0, seed=s.seed, no_plots=True,
+                             no_progress=s.no_progress, overwrite=s.overwrite)
+        return EvalRunner(args, datasets=self.eval_sets)
+
+    def cached_records(self, arm: Arm, seed: int) -> dict[str, dict[str, list]] | None:
+        """The run's per-item records when every method and set holds all of its items under the settings the
+        runner would write now (the resume check, without a model: a run restored from its records, its adapter
+        gone, reads back); None otherwise."""
+        from ..eval.results import ResultsFile
+
+        if not self.eval_sets:
+            return None
+        folder, records = self.eval_dir(arm, seed), {}
+        # the adapter folder may be gone: the records were made by the LoRA run (base + adapter) or a full one
+        forms = [(self.settings.model, self.run_dir(arm, seed)), (self.run_dir(arm, seed), None)] if arm.trained \
+            else [(self.settings.model, None)]
+        runners = [self._runner(arm, seed, form) for form in forms]
+        for spec in self.method_specs():
+            records[spec.name] = {}
+            for name, d in self.eval_sets.items():
+                where = os.path.join(folder, spec.name, name)
+                path, settings = os.path.join(where, "results.jsonl"), os.path.join(where, "settings.json")
+                if not (os.path.isfile(path) and os.path.isfile(settings)):
+                    return None
+                wants = [json.loads(json.dumps(r.settings_for(spec, d, d.items), default=str)) for r in runners]
+                if _read_json(settings) not in wants:
+                    return None
+                store = ResultsFile(path, record_type=spec.cls.record_type)
+                ids = [it.id for it in d.items]
+                if any(i not in store for i in ids):
+                    return None
+                records[spec.name][name] = store.ordered(ids)
+        return records
+
     def evaluate(self, arm: Arm, seed: int) -> dict[str, dict[str, list]]:
         """Per method and set, the per-item records of the arm's trained model (cached and resumed by the runner)."""
         if not self.eval_sets:
             raise ConfigError("this study has no evaluation sets (it only trains). Fix: pass eval_sets={'name': items} "
                               "to Study.")
         s = self.settings
-        model, adapter = self.model_of(arm, seed)
         folder = self.eval_dir(arm, seed)
-        args = EvalArguments(model=model, adapter=adapter, data=list(self.eval_sets), out=folder, device=s.device,
-                             dtype=s.dtype, n_bins=s.n_bins, bootstrap=0, seed=s.seed, no_plots=True,
-                             no_progress=s.no_progress, overwrite=s.overwrite)
-        runner = EvalRunner(args, datasets=self.eval_sets)
+        runner = self._runner(arm, seed)
         runs = runner.run(self.method_specs(), folder_of=lambda m, d: os.path.join(folder, m, d or ""))
         records = {m: {name: runs[name][m].records for name in self.eval_sets} for m in s.methods}
         del runner  # the model goes with it
@@ -249,15 +290,31 @@ class Study:
         file keeps what the run cost)."""
         from ..io import write_json_atomic
 
-        train = self.train(arm, seed)
         timing_path = os.path.join(self.eval_dir(arm, seed), "timing.json")
         first = not os.path.exists(timing_path)
+        kept = {} if first else _read_json(timing_path)
+        if kept.get("train") and kept["train"].get("argv") != self.train_argv(arm, seed):
+            if not self.settings.overwrite:
+                raise ResumeMismatchError(
+                    f"{self.eval_dir(arm, seed)} holds the records of a run trained with other arguments. Fix: a new "
+                    "study folder, or overwrite (--overwrite-output-dir) to train and score it again.")
+            shutil.rmtree(self.eval_dir(arm, seed))
+            first, kept = True, {}
         start, cpu_start = time.perf_counter(), time.process_time()
-        records = self.evaluate(arm, seed)
+        records = self.cached_records(arm, seed) if "train" in kept and not os.path.isdir(self.run_dir(arm, seed)) \
+            else None
+        if records is not None:  # restored from its records (the adapter is not kept): nothing to train or score
+            train = kept["train"]
+        else:
+            train = self.train(arm, seed)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            records = self.evaluate(arm, seed)
         eval_seconds, eval_cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if first:
             write_json_atomic(timing_path, {
                 "eval_seconds": eval_seconds, "eval_cpu_seconds": eval_cpu,
                 "train_seconds": (train or {}).get("train_seconds"),
-                "train_cpu_seconds": (train or {}).get("train_cpu_seconds")})
+                "train_cpu_seconds": (train or {}).get("train_cpu_seconds"), "train": train})
+        elif "train" not in kept:  # a record written before it kept the training summary
+            write_json_atomic(timing_path, {**kept, "train": train})
         return StudyRun(arm, seed, self.key(arm, seed), train, records, eval_seconds, eval_cpu)
