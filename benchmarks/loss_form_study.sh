@@ -50,7 +50,8 @@ for dir in "$OUT"/eval/*/; do
     [ -f "$dir/timing.json" ] && [ ! -e "$RECORDS/$key.tar.gz" ] || continue
     complete=1
     for f in "$dir"/{scoring,token}/mmlu/results.jsonl; do [ -f "$f" ] && [ "$(wc -l <"$f")" -ge 500 ] || complete=0; done
-    [ $complete = 1 ] && GZIP=-n tar czf "$RECORDS/$key.tar.gz" -C "$OUT" --sort=name --mtime=@0 --owner=0 --group=0 "eval/$key"
+    [ $complete = 1 ] && tar cf - -C "$OUT" --sort=name --mtime=@0 --owner=0 --group=0 "eval/$key" | gzip -n \
+        >"$RECORDS/$key.tar.gz"
 done
 
 # The tables over every run whose evaluation is cached: the seeds every arm has finished.

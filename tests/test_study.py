@@ -174,6 +174,9 @@ def _paired_vs_default(token_cis, mcqa_cis, arm="l2_a0.3"):
 def test_loss_form_defaults_change_only_beyond_the_default_arm_on_every_seed(study, token_cis, mcqa_cis, changes):
     decided = study.apply_loss_form_noise_rule({"chosen": "l2_a0.3"}, _paired_vs_default(token_cis, mcqa_cis))
     assert decided["changes_defaults"] is changes and len(decided["per_seed_ood_answer_token_ece_ci_vs_default"]) == 3
+    # fewer seeds than the rule's three: provisional, the defaults stay whatever the intervals say
+    one_seed = study.apply_loss_form_noise_rule({"chosen": "l2_a0.3"}, _paired_vs_default(token_cis[:1], mcqa_cis[:1]))
+    assert one_seed["provisional"] is True and one_seed["changes_defaults"] is False
     # beating DPO is not beating the default arm
     vs_dpo = {k.replace(f"vs {DEFAULT_ARM}", "vs dpo"): v for k, v in _paired_vs_default(token_cis, mcqa_cis).items()}
     assert study.apply_loss_form_noise_rule({"chosen": "l2_a0.3"}, vs_dpo)["changes_defaults"] is False

@@ -304,10 +304,13 @@ def select_loss_form(rows: dict[str, dict[int, dict]], tolerance: float = 0.01) 
             "ood_mcqa_ece_vs_dpo": vs_dpo(chosen, "ood_mcqa_ece15", seeds_of[chosen])}
 
 
-def apply_loss_form_noise_rule(selection: dict, paired: dict, default_arm: str = "catto_a0.3") -> dict:
+def apply_loss_form_noise_rule(selection: dict, paired: dict, default_arm: str = "catto_a0.3",
+                               required_seeds: int = 3) -> dict:
     """Step 3 of the loss-form rule: the chosen arm changes the defaults only if it is not `default_arm` and, on every
     seed, its pooled-OOD answer-token ECE is below the default arm's beyond the paired interval and its pooled-OOD
-    MCQA ECE is not above it beyond the interval (`paired` from `paired_differences(..., also_vs=(default_arm,))`)."""
+    MCQA ECE is not above it beyond the interval (`paired` from `paired_differences(..., also_vs=(default_arm,))`),
+    on at least `required_seeds` seeds (the rule's three): with fewer the verdict is reported as provisional and the
+    defaults stay."""
     chosen = selection.get("chosen")
     if not chosen:
         return selection
@@ -319,13 +322,16 @@ def apply_loss_form_noise_rule(selection: dict, paired: dict, default_arm: str =
     token_better = bool(per_seed) and all("answer_token_ece" in e and e["answer_token_ece"]["ci"][1] < 0
                                           for e in per_seed.values())
     mcqa_not_worse = bool(per_seed) and all(e["mcqa_ece15"]["ci"][0] <= 0 for e in per_seed.values())
-    return {**selection, "default_arm": default_arm,
+    enough = len(per_seed) >= required_seeds
+    return {**selection, "default_arm": default_arm, "seeds_compared": len(per_seed), "seeds_required": required_seeds,
+            "provisional": not enough,
             "per_seed_ood_answer_token_ece_ci_vs_default": {n: e.get("answer_token_ece", {}).get("ci")
                                                             for n, e in per_seed.items()},
             "per_seed_ood_mcqa_ece_ci_vs_default": {n: e["mcqa_ece15"]["ci"] for n, e in per_seed.items()},
             "answer_token_ece_below_default_every_seed": token_better,
             "mcqa_ece_not_above_default_every_seed": mcqa_not_worse,
-            "beyond_noise": token_better and mcqa_not_worse, "changes_defaults": token_better and mcqa_not_worse}
+            "beyond_noise": token_better and mcqa_not_worse,
+            "changes_defaults": token_better and mcqa_not_worse and enough}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,7 +369,9 @@ def selection_lines(sel: dict) -> list[str]:
             f"every seed: {yes(sel['answer_token_ece_below_default_every_seed'])} ({token}).",
             f"- Pooled-OOD MCQA ECE not above the default arm's beyond the interval on every seed: "
             f"{yes(sel['mcqa_ece_not_above_default_every_seed'])} ({mcqa}).",
-            f"- Defaults: {'change to ' + sel['chosen'] if sel['changes_defaults'] else 'unchanged'}."]
+            f"- Defaults: {'change to ' + sel['chosen'] if sel['changes_defaults'] else 'unchanged'}"
+            + (f" (**provisional**: {sel['seeds_compared']} of the rule's {sel['seeds_required']} seeds)."
+               if sel.get("provisional") else ".")]
 
     lines = [f"- Eligible (accuracy within {sel['tolerance']:.2f} of DPO on the same seeds): "
              f"{', '.join(sel['eligible'])}; chosen on seeds {sel['choice_seeds']}: **{sel['chosen']}** "
