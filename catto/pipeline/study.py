@@ -142,6 +142,16 @@ class StudyRun:
     eval_cpu_seconds: float
 
 
+def portable_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` with every path cut to its last two components, so a run's recorded training arguments compare equal
+    on another machine whose checkout, data or model folders sit elsewhere.
+
+    >>> portable_argv(["--config", "/a/repo/recipes/demo/catto.yaml", "--mcqa_data", "csqa:/x/data/csqa/train.jsonl"])
+    ['--config', 'demo/catto.yaml', '--mcqa_data', 'csqa/train.jsonl']
+    """
+    return ["/".join(a.split(":")[-1].rstrip("/").split("/")[-2:]) if "/" in a else a for a in argv]
+
+
 def _read_json(path: str) -> Any:
     with open(path) as f:
         return json.load(f)
@@ -293,7 +303,8 @@ class Study:
         timing_path = os.path.join(self.eval_dir(arm, seed), "timing.json")
         first = not os.path.exists(timing_path)
         kept = {} if first else _read_json(timing_path)
-        if kept.get("train") and kept["train"].get("argv") != self.train_argv(arm, seed):
+        if kept.get("train") and portable_argv(kept["train"].get("argv") or []) != portable_argv(
+                self.train_argv(arm, seed)):
             if not self.settings.overwrite:
                 raise ResumeMismatchError(
                     f"{self.eval_dir(arm, seed)} holds the records of a run trained with other arguments. Fix: a new "
