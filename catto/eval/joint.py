@@ -25,8 +25,16 @@ from tqdm.auto import tqdm
 
 from ..data.items import MCQAItem
 from .results import ItemResult
-from .scoring import ScoringConfig, _cloze_result, cloze_requests, model_device, pad_token_id, resolve_context_sharing
-from .token import TokenEvalConfig, TokenPairResult, TokenSequence, backbone_and_head, head_statistics, tokenize_pair
+from .scoring import (
+    ScoringConfig,
+    _cloze_result,
+    cloze_requests,
+    continuation_statistics,
+    model_device,
+    pad_token_id,
+    resolve_context_sharing,
+)
+from .token import TokenEvalConfig, TokenPairResult, TokenSequence, tokenize_pair
 
 
 def joint_plan(tokenizer, items: Sequence[MCQAItem], pairs: Sequence[Mapping[str, Any]], scoring: ScoringConfig,
@@ -70,16 +78,12 @@ def score_cloze_and_tokens(model, tokenizer, items: Sequence[MCQAItem], pairs: S
     `pairs[i]` is `items[i]`'s answer-text pair. `batch_size` counts option sequences per forward, as in
     `score_cloze`; `on_batch` receives each batch's results (to append them to results files as they come). Empty
     when the model's attention cannot take the shared mask."""
-    from ..core.prefix_sharing import backend_mask, continuation_layout
-
     if len(items) != len(pairs):
         raise ValueError(f"score_cloze_and_tokens got {len(items)} items and {len(pairs)} pairs; one pair per item.")
     if resolve_context_sharing(model, True) != "layout":
         return {}, {}
     plan = joint_plan(tokenizer, items, pairs, scoring, token)
-    backbone, head, config = backbone_and_head(model)
     device, pad, eos = model_device(model), pad_token_id(tokenizer), tokenizer.eos_token_id
-    dtype = next(backbone.parameters()).dtype
     was_training = model.training
     model.eval()
     cloze_out: dict[str, ItemResult] = {}
@@ -97,16 +101,8 @@ def score_cloze_and_tokens(model, tokenizer, items: Sequence[MCQAItem], pairs: S
             requests = [(ctx, [chosen if o == gold else rejected if o == wrong else option
                                for o, option in enumerate(options)])
                         for _, ctx, options, gold, wrong, chosen, rejected in entries]
-            layout = continuation_layout(requests, pad_token_id=pad)
-            positions = layout["position_ids"].to(device)
-            mask = backend_mask(layout["mask"].to(device), positions, backbone.config,
-                                dtype if dtype.is_floating_point else torch.float32)
-            hidden = backbone(input_ids=layout["input_ids"].to(device), attention_mask=mask, position_ids=positions,
-                              use_cache=False).last_hidden_state
-            rows = [p for per_request in layout["predictors"] for predictors in per_request for p in predictors]
-            targets = torch.tensor([t for _, conts in requests for cont in conts for t in cont])
-            picked = hidden.reshape(-1, hidden.size(-1))[torch.tensor(rows, device=hidden.device)]
-            label_logp, top_logp, top_ids = head_statistics(picked, head, config, targets, token.token_chunk_size)
+            label_logp, top_logp, top_ids, targets = continuation_statistics(model, requests, pad, device,
+                                                                             token.token_chunk_size)
             label_logp, top_logp = label_logp.double().cpu(), top_logp.float().cpu()
             correct = (top_ids.cpu() == targets).tolist()
             offset, new_cloze, new_token = 0, [], []

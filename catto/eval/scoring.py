@@ -322,9 +322,11 @@ def _cloze_batch_shared(model, requests, pad, device) -> list[list[float]]:
     return out_lists
 
 
-def _cloze_batch_layout(model, requests, pad, device) -> list[list[float]]:
-    """All options of each item in one row behind the context (`continuation_layout`); only the positions that
-    predict option tokens go through the LM head (the tiled kernel: no `(rows, seq, vocab)` logits)."""
+def continuation_statistics(model, requests, pad: int, device, token_chunk_size: int = 1024):
+    """One pass over `requests` `[(context, [continuation, ...]), ...]` in the one-row layout
+    (`continuation_layout`): `(label log-prob, top-1 log-prob, top-1 id, targets)` of every continuation token, in
+    request and continuation order. Only the positions that predict continuation tokens go through the LM head (the
+    tiled kernel: no `(rows, seq, vocab)` logits)."""
     from ..core.prefix_sharing import backend_mask, continuation_layout
     from .token import backbone_and_head, head_statistics
 
@@ -339,7 +341,12 @@ def _cloze_batch_layout(model, requests, pad, device) -> list[list[float]]:
     rows = [p for per_request in layout["predictors"] for predictors in per_request for p in predictors]
     targets = torch.tensor([t for _, conts in requests for cont in conts for t in cont])
     picked = hidden.reshape(-1, hidden.size(-1))[torch.tensor(rows, device=hidden.device)]
-    label_logp = head_statistics(picked, head, config, targets)[0].double().cpu().tolist()
+    return (*head_statistics(picked, head, config, targets, token_chunk_size), targets)
+
+
+def _cloze_batch_layout(model, requests, pad, device) -> list[list[float]]:
+    """All options of each item in one row behind the context (`continuation_statistics`)."""
+    label_logp = continuation_statistics(model, requests, pad, device)[0].double().cpu().tolist()
     out, offset = [], 0
     for _, conts in requests:
         sums = []
