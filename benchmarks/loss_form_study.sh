@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/loss_form_study.sh            # train + evaluate what is missing, then render the tables
 #   RENDER_ONLY=1 bash benchmarks/loss_form_study.sh   # only re-render from the cached runs (seeds that are complete)
+#   JOBS="catto_a0.3:1 dpo:2" bash benchmarks/loss_form_study.sh   # these runs, in this order (arm:seed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/loss_form_study}
@@ -27,7 +28,11 @@ if [ -d "$RECORDS" ]; then
 fi
 
 jobs=("base 0")
-for seed in $SEEDS; do for arm in $ARMS; do jobs+=("$arm $seed"); done; done
+if [ -n "${JOBS:-}" ]; then
+    for job in $JOBS; do jobs+=("${job%%:*} ${job##*:}"); done
+else
+    for seed in $SEEDS; do for arm in $ARMS; do jobs+=("$arm $seed"); done; done
+fi
 
 run_job() {  # arm seed: train (or reuse) and evaluate (or reuse) one run
     python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "$1" --seeds "$2" --threads 1 \
