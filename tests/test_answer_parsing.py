@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from catto.eval.answer_parsing import parse_answer
+from catto.eval.answer_parsing import ParsedAnswer, parse_answer
 
 CHOICES = ["New York", "New York City", "Boston", "A cat"]
 
@@ -45,3 +45,15 @@ def test_letter_beyond_choices_and_custom_labels():
         parse_answer("A", ["x", "y"], letters=["1"])
     with pytest.raises(ValueError, match="empty"):
         parse_answer("A", [])
+
+
+def test_rules_restrict_what_counts_as_an_answer():
+    choices = ["bank", "shop"]
+    assert parse_answer("A park", choices).rule == "bare_letter"  # "A" read as option A in a lettered prompt
+    assert parse_answer("A park", choices, rules=("option_text",)) is None  # no letters shown: "A" is a word
+    assert parse_answer("B. the bank", choices, rules=("option_text",)) == ParsedAnswer(0, "option_text", 7, 11)
+    assert parse_answer("B. the bank", choices, rules=("letter_period", "option_text")).rule == "letter_period"
+    with pytest.raises(ValueError, match="rules"):
+        parse_answer("bank", choices, rules=("option_txt",))
+    with pytest.raises(ValueError, match="rules"):
+        parse_answer("bank", choices, rules=())

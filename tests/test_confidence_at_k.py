@@ -440,3 +440,35 @@ def test_catto_eval_rejects_bad_k(tmp_path, model_dir, data_file, capsys):
     assert main(["eval", "--method", "confidence_at_k", "--model", model_dir, "--data", f"mmlu:{data_file}",
                  "--k", "0,2", "--out", str(tmp_path)]) == 2
     assert "values must be integers >= 1" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# options format: the options listed without letters, answered with an option's text
+
+
+def test_options_prompt_lists_the_options_and_answers_parse_as_option_text_only(tiny):
+    from catto.data import OptionsFormat
+
+    model, tok = tiny
+    items = _items(6)
+    config = ConfidenceAtKConfig(k=8, batch_size=3, max_new_tokens=5, prompt_format="options")
+    assert mcqa_prompt(tok, items[0], config) == OptionsFormat().context(items[0])
+    assert "A." not in mcqa_prompt(tok, items[0], config)
+    out = confidence_at_k(model, tok, items, config)
+    mapped = 0
+    for r, item in zip(out, items):
+        prompt_ids = tok(mcqa_prompt(tok, item, config))["input_ids"]
+        for cand in r.candidates:
+            if cand.answer is None:  # no option's text in it, whatever letters it holds
+                assert not any(choice in cand.text.split() for choice in item.choices)
+                continue
+            mapped += 1
+            assert cand.rule == "option_text" and item.choices[cand.answer] in cand.text.split()
+            with torch.no_grad():
+                logp = model(torch.tensor([prompt_ids + cand.token_ids])).logits[0].float().log_softmax(-1)
+            step = logp[len(prompt_ids) - 1 + cand.answer_token]
+            alt = [tok.convert_tokens_to_ids(c) for c in item.choices]  # the options' first tokens
+            assert cand.confidence == pytest.approx(float(step[alt].softmax(-1)[cand.answer]), abs=1e-5)
+    assert mapped > 0
+    with pytest.raises(ValueError, match="prompt_format"):
+        ConfidenceAtKConfig(prompt_format="cloze")

@@ -529,3 +529,17 @@ def test_synthetic_copy_task_fits_the_tiny_tokenizer():
 def test_cloze_format_instance_is_accepted():
     ds = mcqa_to_preference(items4()[:1], prompt_format=ClozeFormat(template="Q: {question}\nA:"))
     assert ds[0]["prompt"] == "Q: Question 0?\nA:" and ds[0]["prompt_format"] == "cloze"
+
+
+def test_options_format_lists_the_options_and_answers_with_their_text():
+    from catto.data import OptionsFormat
+
+    item = MCQAItem("q1", "Capital of France?", ("Rome", "Paris", "Oslo"), gold=1, context="Europe.")
+    ds = mcqa_to_preference([item], prompt_format="options", rejected="all")
+    assert ds[0]["prompt"] == "Europe.\n\nQuestion: Capital of France?\nOptions:\n- Rome\n- Paris\n- Oslo\nAnswer:"
+    assert (ds[0]["chosen"], list(ds["rejected"])) == (" Paris", [" Rome", " Oslo"])
+    assert set(ds["prompt_format"]) == {"options"}
+    assert ds[0]["prompt"] == OptionsFormat().context(item)
+    chat = mcqa_to_preference([item], prompt_format="options", conversational=True)
+    assert chat[0]["chosen"] == [{"role": "assistant", "content": "Answer: Paris"}]
+    assert "- Paris" in chat[0]["prompt"][0]["content"] and not chat[0]["prompt"][0]["content"].endswith("Answer:")

@@ -13,7 +13,7 @@ from .adapters import (
 )
 from .items import LETTERS, MCQAItem, MCQAValidationError, letter_to_index
 from .pairs import mcqa_to_preference
-from .prompts import PLAIN_CLOZE, ClozeFormat, LetterFormat, apply_chat_template
+from .prompts import PLAIN_CLOZE, ClozeFormat, LetterFormat, OptionsFormat, apply_chat_template
 from .synthetic import synthetic_mcqa
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "MCQAItem",
     "MCQAItems",
     "MCQAValidationError",
+    "OptionsFormat",
     "SkippedRow",
     "apply_chat_template",
     "hellaswag_preprocess",

@@ -20,10 +20,10 @@ from typing import Any
 from datasets import Dataset
 
 from .items import MCQAItem, MCQAValidationError
-from .prompts import ClozeFormat, LetterFormat
+from .prompts import ClozeFormat, LetterFormat, OptionsFormat
 
 REJECTED_MODES = ("random", "all")
-PROMPT_FORMATS = ("letter", "cloze")
+PROMPT_FORMATS = ("letter", "cloze", "options")
 RejectedFn = Callable[[MCQAItem, random.Random], Iterable[int]]
 
 # In chat form the answer frame moves into the assistant turn, as `catto.eval.scoring` does with a chat template: the
@@ -38,6 +38,8 @@ def _format(prompt_format: str | LetterFormat | ClozeFormat) -> LetterFormat | C
         return LetterFormat()
     if prompt_format == "cloze":
         return ClozeFormat()
+    if prompt_format == "options":
+        return OptionsFormat()
     raise ValueError(f"prompt_format must be one of {list(PROMPT_FORMATS)} or a LetterFormat/ClozeFormat instance, "
                      f"got {prompt_format!r}.")
 
@@ -91,7 +93,8 @@ def mcqa_to_preference(items: Iterable[MCQAItem], *, prompt_format: str | Letter
     Args:
         items: labelled items (an unlabelled one is an `MCQAValidationError` naming it).
         prompt_format: "letter" (`LetterFormat()`: chosen/rejected are option letters, " B"), "cloze"
-            (`ClozeFormat()`: they are option texts, " Paris"), or a `LetterFormat`/`ClozeFormat` instance (e.g.
+            (`ClozeFormat()`: they are option texts, " Paris"), "options" (`OptionsFormat()`: the options listed in
+            the prompt, answered with an option's text), or a `LetterFormat`/`ClozeFormat` instance (e.g.
             `PLAIN_CLOZE` for HellaSwag).
         rejected: "random" (one wrong option per item), "all" (one row per wrong option), or a callable
             `(item, rng) -> list[int]` of wrong option indices (e.g. hard negatives picked by a model).
@@ -114,7 +117,8 @@ def mcqa_to_preference(items: Iterable[MCQAItem], *, prompt_format: str | Letter
         ([{'role': 'assistant', 'content': 'Answer: Paris'}], [0, 2])
     """
     fmt = _format(prompt_format)
-    format_name = "letter" if isinstance(fmt, LetterFormat) else "cloze"
+    format_name = ("letter" if isinstance(fmt, LetterFormat) else "options" if isinstance(fmt, OptionsFormat)
+                   else "cloze")
     if rejected not in REJECTED_MODES if isinstance(rejected, str) else not callable(rejected):
         raise ValueError(f"rejected must be one of {list(REJECTED_MODES)} or a callable(item, rng) -> list[int], got "
                          f"{rejected!r}.")

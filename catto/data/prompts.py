@@ -72,6 +72,34 @@ class ClozeFormat:
         return [self.continuation_prefix + choice for choice in item.choices]
 
 
+@dataclass(frozen=True)
+class OptionsFormat(ClozeFormat):
+    """Options listed in the prompt, answered with an option's text (no letters): the cloze answer, with the options
+    in view. A model sampled freely in the plain cloze format rarely reproduces an option's text (it does not know
+    them); here it can copy one, so sampled answers map to options (Confidence@k on answer text).
+
+    Example:
+        >>> item = MCQAItem("q", "The sky is", ("blue", "green"), gold=0)
+        >>> print(OptionsFormat().context(item))
+        Question: The sky is
+        Options:
+        - blue
+        - green
+        Answer:
+        >>> OptionsFormat().continuations(item)
+        [' blue', ' green']
+    """
+
+    template: str = "{context}Question: {question}\nOptions:\n{options}\nAnswer:"
+    option_template: str = "- {text}"
+
+    def context(self, item: MCQAItem) -> str:
+        context = self.context_template.format(context=item.context) if item.context else ""
+        options = "\n".join(self.option_template.format(text=t) for t in item.choices)
+        return self.template.format(context=context, question=item.question, options=options,
+                                    subject=item.subject or "")
+
+
 # HellaSwag-style items continue the context directly, with no "Question:/Answer:" frame.
 PLAIN_CLOZE = ClozeFormat(template="{context}{question}")
 

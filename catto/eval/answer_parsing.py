@@ -45,13 +45,16 @@ def _letters(n: int, letters: Sequence[str] | None) -> list[str]:
     return letters[:n]
 
 
-def parse_answer(text: str, choices: Sequence[str], letters: Sequence[str] | None = None) -> ParsedAnswer | None:
+def parse_answer(text: str, choices: Sequence[str], letters: Sequence[str] | None = None,
+                 rules: Sequence[str] = PARSE_RULES) -> ParsedAnswer | None:
     """Parse `text` into an index of `choices`, or `None` when no rule matches.
 
     Args:
         text: the generated answer.
         choices: the option texts, in letter order.
         letters: option labels (default "A", "B", ...).
+        rules: the rules to try (a subset of `PARSE_RULES`, always tried in the order below); e.g.
+            `("option_text",)` for a prompt that shows no letters, where a capital "A" is a word, not a label.
 
     Rules, in order (the first rule that matches wins; within a rule the earliest match in the text wins):
 
@@ -65,14 +68,17 @@ def parse_answer(text: str, choices: Sequence[str], letters: Sequence[str] | Non
     n = len(choices)
     if n == 0:
         raise ValueError("`choices` is empty; an MCQA item needs at least one option.")
+    unknown = [r for r in rules if r not in PARSE_RULES]
+    if unknown or not rules:
+        raise ValueError(f"`rules` must be a non-empty subset of {list(PARSE_RULES)}, got {list(rules)}.")
     labels = _letters(n, letters)
     alternation = "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
-    match = re.search(rf"(?<![A-Za-z0-9])\(?({alternation})(?:\.|\))", text)
+    match = re.search(rf"(?<![A-Za-z0-9])\(?({alternation})(?:\.|\))", text) if "letter_period" in rules else None
     if match:
         return ParsedAnswer(labels.index(match.group(1)), "letter_period", match.start(1), match.end(1))
     best: tuple[int, int, int] | None = None  # (start, -length, index)
     lowered = text.lower()
-    for index, choice in enumerate(choices):
+    for index, choice in enumerate(choices if "option_text" in rules else ()):
         needle = choice.strip().lower()
         if not needle:
             continue
@@ -84,7 +90,7 @@ def parse_answer(text: str, choices: Sequence[str], letters: Sequence[str] | Non
     if best is not None:
         start, neg_len, index = best
         return ParsedAnswer(index, "option_text", start, start - neg_len)
-    match = re.search(rf"(?<![A-Za-z0-9])\(?({alternation})(?![A-Za-z0-9])", text)
+    match = re.search(rf"(?<![A-Za-z0-9])\(?({alternation})(?![A-Za-z0-9])", text) if "bare_letter" in rules else None
     if match:
         return ParsedAnswer(labels.index(match.group(1)), "bare_letter", match.start(1), match.end(1))
     return None

@@ -59,14 +59,15 @@ import numpy as np
 import torch
 
 from ..data.items import MCQAItem
-from ..data.prompts import LetterFormat, apply_chat_template
-from ..eval.answer_parsing import ParsedAnswer, parse_answer
+from ..data.prompts import LetterFormat, OptionsFormat, apply_chat_template
+from ..eval.answer_parsing import PARSE_RULES, ParsedAnswer, parse_answer
 from ..eval.results import ItemResult
 from ..eval.scoring import left_padded_batch
 from .base import EVAL_BATCH_SIZE_FLAG, Evaluator, register_method
 from .temperature import fit_temperature
 
 CONFIDENCE_KINDS = ("letter", "full_vocab", "sequence")
+PROMPT_FORMATS = ("letter", "options")
 SELECTORS = ("greedy", "majority", "best_logprob", "confidence")
 Parser = Callable[[str, "MCQAItem | None"], "ParsedAnswer | None"]
 
@@ -113,6 +114,11 @@ class ConfidenceAtKConfig:
         "token's full-vocabulary probability) or sequence (exp of the sequence log-probability)."))
     greedy: bool = field(default=True, metadata=_help("Also run one greedy generate per batch (the greedy baseline)."))
     chat_template: bool = field(default=False, metadata=_help("Wrap MCQA prompts in the tokenizer's chat template."))
+    prompt_format: str = field(default="letter", metadata={**_help(
+        "MCQA prompt: letter (lettered options, `letter_format`; answers parsed as letters or option text) or options "
+        "(the options listed without letters, as catto train's mcqa_prompt_format options; answers parsed as option "
+        "text only, and the `letter` confidence renormalises over the options' first tokens)."),
+        "choices": list(PROMPT_FORMATS)})
     answer_prefix: str = field(default="Answer:", metadata=_help(
         "Text the MCQA prompt ends with, right before the answer (kept after the chat template's generation prompt)."))
     letter_format: LetterFormat = field(default=LetterFormat(), metadata={
@@ -152,6 +158,8 @@ class ConfidenceAtKConfig:
             raise ValueError(f"`top_k` must be >= 0 (0 disables it), got {self.top_k!r}.")
         if self.max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens!r}.")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"`prompt_format` must be one of {list(PROMPT_FORMATS)}, got {self.prompt_format!r}.")
         if self.confidence not in CONFIDENCE_KINDS:
             raise ValueError(f"`confidence` must be one of {list(CONFIDENCE_KINDS)}, got {self.confidence!r}.")
         if self.batch_size < 1:
@@ -386,8 +394,9 @@ class _FiniteLogits:
 
 
 def mcqa_prompt(tokenizer, item: MCQAItem, config: ConfidenceAtKConfig) -> str:
-    """The letter-format prompt of `item` (optionally in the chat template), ending with `config.answer_prefix`."""
-    text = config.letter_format.prompt(item)
+    """The prompt of `item` in `config.prompt_format` (optionally in the chat template), ending with
+    `config.answer_prefix`."""
+    text = OptionsFormat().context(item) if config.prompt_format == "options" else config.letter_format.prompt(item)
     if config.chat_template:
         body = text.removesuffix("Answer:").rstrip()
         return apply_chat_template(tokenizer, body, answer_prefix=config.answer_prefix)
@@ -445,7 +454,11 @@ def _build_candidate(tokenizer, gen_ids: list[int], step_logits: Sequence[torch.
         logprob += float(step_logits[j][row].float().log_softmax(-1)[gen_ids[j]])
     body = [t for t in gen_ids[:n] if t not in eos]
     text = tokenizer.decode(body, skip_special_tokens=True)
-    parsed = parser(text, item) if parser is not None else parse_answer(text, item.choices, item.letters)
+    if parser is not None:
+        parsed = parser(text, item)
+    else:  # a prompt without letters: a capital "A" in the answer is a word, not a label
+        parsed = parse_answer(text, item.choices, item.letters,
+                              rules=("option_text",) if config.prompt_format == "options" else PARSE_RULES)
     if parsed is None:
         return Candidate(text, None, None, None, None, None, None, None, logprob, n, gen_ids[:n])
     j = _answer_token(tokenizer, body, parsed.start)
@@ -515,7 +528,7 @@ def confidence_at_k(model, tokenizer, prompts_or_items: Sequence[MCQAItem | str]
 
     Args:
         model, tokenizer: a causal LM and its tokenizer.
-        prompts_or_items: MCQA items (prompted in the letter format) or raw prompt strings (then `parser` is needed
+        prompts_or_items: MCQA items (prompted in `config.prompt_format`) or raw prompt strings (then `parser` is needed
             and `confidence` must be `full_vocab` or `sequence`).
         config: sampling, confidence and selection settings.
         parser: `parser(text, item) -> ParsedAnswer | None` (item None for raw prompts); default

@@ -36,7 +36,7 @@ from ..eval.token import (
 )
 from .base import EVAL_BATCH_SIZE_FLAG, Evaluator, EvaluatorConfig, register_method
 
-PAIR_FORMATS = ("cloze", "letter")
+PAIR_FORMATS = ("cloze", "letter", "options")
 
 
 @dataclasses.dataclass
@@ -44,8 +44,8 @@ class TokenMethodConfig(EvaluatorConfig):
     """How MCQA items become pairs and how the pairs are tokenized and scored."""
 
     pair_format: str = dataclasses.field(default="cloze", metadata={
-        "help": "MCQA items become answer-text pairs (cloze: ' Paris' vs ' Rome') or letter pairs (' B' vs ' A'), "
-                "as catto train's mcqa_prompt_format.", "choices": list(PAIR_FORMATS)})
+        "help": "MCQA items become answer-text pairs (cloze: ' Paris' vs ' Rome'; options: the same with the "
+                "options listed in the prompt) or letter pairs (' B' vs ' A'), as catto train's mcqa_prompt_format.", "choices": list(PAIR_FORMATS)})
     conversational: bool = dataclasses.field(default=False, metadata={
         "help": "Build chat-message pairs from MCQA items (the chat template is applied, as catto train's "
                 "mcqa_conversational)."})

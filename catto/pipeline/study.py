@@ -79,6 +79,10 @@ DEMO_ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("catto_a0.3_nodetach", "demo/catto", ("--catto_alpha", "0.3", "--catto_detach_target", "false")),
     Arm("catto_a0.3_chosen", "demo/catto", ("--catto_alpha", "0.3", "--catto_sequences", "chosen")),
     Arm("catto_a0.3_noeos", "demo/catto", ("--catto_alpha", "0.3", "--catto_exclude_eos", "true")),
+    # Confidence@k on trained models (issue 27, part 1): the options listed in the prompt, answered with their text
+    *(Arm(f"options_{name}", recipe, ("--mcqa_prompt_format", "options", *extra)) for name, recipe, extra in (
+        ("dpo", "demo/dpo", ()), ("catto_a0.3", "demo/catto", ("--catto_alpha", "0.3")),
+        ("dpo_bce", "demo/catto", ("--catto_alpha", "0.3", "--catto_loss_form", "bce")))),
 )}
 # The arm that matches catto's recipe defaults for the demo model (alpha 0.3, L1, logit margin, detached target, both
 # sequences, the EOS included): a selection rule may confirm it but never "changes the defaults" to it.
@@ -104,7 +108,11 @@ class StudySettings:
                                                           "evaluation."})
     dtype: str = field(default="float32", metadata={"help": "Evaluation dtype of the models."})
     methods: tuple[str, ...] = field(default=("scoring", "token"), metadata={
-        "help": "Evaluation methods; `scoring` and `token` get the study's cloze settings, others their defaults."})
+        "help": "Evaluation methods; `scoring` and `token` get the study's cloze settings, others their defaults "
+                "unless `method_configs` names them."})
+    method_configs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Method name -> its config (an instance of the method's config class), replacing the study's "
+                "settings for that method (e.g. Confidence@k's k and prompt format)."})
     eval_batch_size: int = field(default=16, metadata={"help": "Option sequences per scoring forward."})
     token_max_length: int = field(default=1024, metadata={"help": "Prompt + response tokens kept per held-out pair."})
     pair_seed: int = field(default=0, metadata={"help": "Seed of the rejected-option draw of the held-out pairs."})
@@ -127,6 +135,10 @@ class StudySettings:
         if "{arm}" not in self.key_format:
             raise ConfigError(f"study setting key_format {self.key_format!r} must contain '{{arm}}'.")
         self.methods = tuple(self.methods)
+        unknown = sorted(set(self.method_configs) - set(self.methods))
+        if unknown:
+            raise ConfigError(f"study setting method_configs names {unknown}, which are not in methods "
+                              f"{list(self.methods)}. Fix: add them to methods or drop their configs.")
 
 
 @dataclass
@@ -225,7 +237,8 @@ class Study:
         s = self.settings
         configs = {"scoring": ScoringMethodConfig(scoring="cloze", cloze_normalization="char",
                                                   batch_size=s.eval_batch_size),
-                   "token": TokenMethodConfig(pair_format="cloze", max_length=s.token_max_length, seed=s.pair_seed)}
+                   "token": TokenMethodConfig(pair_format="cloze", max_length=s.token_max_length, seed=s.pair_seed),
+                   **s.method_configs}
         specs = []
         for name in s.methods:
             cls = get_method_class(name)

@@ -71,8 +71,9 @@ class CATTOScriptArguments(ScriptArguments):
     mcqa_limit: int | None = field(default=None, metadata={"help": "Use only the first N items of `mcqa_data`."})
     mcqa_prompt_format: str = field(
         default="cloze",
-        metadata={"help": "Pair format: 'cloze' (the answers are option texts) or 'letter' (the answers are option "
-                          "letters after a lettered list)."})
+        metadata={"help": "Pair format: 'cloze' (the answers are option texts), 'letter' (the answers are option "
+                          "letters after a lettered list) or 'options' (the options listed in the prompt, the answers "
+                          "are option texts: the format Confidence@k samples answer text in)."})
     mcqa_rejected: str = field(
         default="random", metadata={"help": "'random' (one wrong option per item) or 'all' (one pair per wrong option)."})
     mcqa_conversational: bool = field(
@@ -128,7 +129,7 @@ class CATTOScriptArguments(ScriptArguments):
                               f"mcqa_data={self.mcqa_data!r}.")
         if self.mcqa_on_invalid is None:
             self.mcqa_on_invalid = self.on_invalid
-        choices = {"mcqa_prompt_format": ("cloze", "letter"), "on_invalid": ("skip", "raise"),
+        choices = {"mcqa_prompt_format": ("cloze", "letter", "options"), "on_invalid": ("skip", "raise"),
                    "mcqa_on_invalid": ("skip", "raise"), "mcqa_rejected": ("random", "all"),
                    "calibration_eval_scoring": ("letter", "cloze"),
                    "calibration_eval_binning": ("equal_width", "equal_mass")}
