@@ -68,6 +68,14 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
         json.dump(payload, f, indent=2, sort_keys=False)
 
 
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON in `path`; `default` when the file does not exist and a default is given (else FileNotFoundError)."""
+    if default is not None and not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Iterator[str]:
     """Yield a temporary folder next to `path`; on a clean exit it becomes `path` (an existing `path` is replaced

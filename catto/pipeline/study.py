@@ -38,6 +38,7 @@ from typing import Any
 
 from .._logging import get_logger
 from ..errors import ConfigError, ResumeMismatchError
+from ..io import read_json
 from .runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
 
 logger = get_logger(__name__)
@@ -164,11 +165,6 @@ def portable_argv(argv: Sequence[str]) -> list[str]:
     return ["/".join(a.split(":")[-1].rstrip("/").split("/")[-2:]) if "/" in a else a for a in argv]
 
 
-def _read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
 def sample_items(spec: str, split: str | None, n: int, seed: int = 0) -> list:
     """A seeded random sample of `n` valid items of a set (all of them when it has fewer): MMLU's first items would
     all be one subject."""
@@ -284,7 +280,7 @@ class Study:
                 if not (os.path.isfile(path) and os.path.isfile(settings)):
                     return None
                 wants = [json.loads(json.dumps(r.settings_for(spec, d, d.items), default=str)) for r in runners]
-                if _read_json(settings) not in wants:
+                if read_json(settings) not in wants:
                     return None
                 store = ResultsFile(path, record_type=spec.cls.record_type)
                 ids = [it.id for it in d.items]
@@ -315,7 +311,7 @@ class Study:
 
         timing_path = os.path.join(self.eval_dir(arm, seed), "timing.json")
         first = not os.path.exists(timing_path)
-        kept = {} if first else _read_json(timing_path)
+        kept = {} if first else read_json(timing_path)
         if kept.get("train") and portable_argv(kept["train"].get("argv") or []) != portable_argv(
                 self.train_argv(arm, seed)):
             if not self.settings.overwrite:

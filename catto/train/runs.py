@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import gc
 import glob
-import json
 import os
 import shutil
 import time
 from typing import Any
 
-from ..io import write_json_atomic
+from ..io import read_json, write_json_atomic
 
 RUN_RECORD = "catto_run.json"
 _OLD_RUN_RECORD = "demo_train_time.json"  # catto <= 0.1
@@ -47,13 +46,6 @@ def _pairs(argv: list[str]) -> list[str]:
     return out
 
 
-def _read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def train_run(argv: list[str], out_dir: str, *, overwrite: bool = False) -> dict[str, Any]:
     """Train `catto train`'s arguments `argv` into `out_dir` (which `argv` must name as `--output_dir`), or reuse
     the finished run there; resumes an interrupted one. A finished run made with other arguments is not reused: it is
@@ -62,7 +54,7 @@ def train_run(argv: list[str], out_dir: str, *, overwrite: bool = False) -> dict
     from ..errors import ResumeMismatchError
     from .script import main, parse_args
 
-    recorded = _read_json(os.path.join(out_dir, RUN_RECORD)).get("argv")
+    recorded = read_json(os.path.join(out_dir, RUN_RECORD), {}).get("argv")
     retrain = finished_run(out_dir) and recorded is not None and recorded != argv
     if retrain and not overwrite:
         differ = sorted(set(_pairs(recorded)) ^ set(_pairs(argv)))
@@ -85,8 +77,9 @@ def train_run(argv: list[str], out_dir: str, *, overwrite: bool = False) -> dict
         write_json_atomic(os.path.join(out_dir, RUN_RECORD), {"argv": argv, "seconds": seconds,
                                                               "cpu_seconds": cpu_seconds,
                                                               "resumed": checkpoint is not None})
-    history = _read_json(os.path.join(out_dir, "trainer_state.json"))["log_history"]
-    record = _read_json(os.path.join(out_dir, RUN_RECORD)) or _read_json(os.path.join(out_dir, _OLD_RUN_RECORD))
+    history = read_json(os.path.join(out_dir, "trainer_state.json"), {})["log_history"]
+    record = (read_json(os.path.join(out_dir, RUN_RECORD), {})
+              or read_json(os.path.join(out_dir, _OLD_RUN_RECORD), {}))
     train_logs = [h for h in history if "loss" in h]
     summary = history[-1] if history and "train_runtime" in history[-1] else {}
     return {"output_dir": out_dir, "argv": argv, "train_seconds": record.get("seconds"),
