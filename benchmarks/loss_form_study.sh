@@ -6,12 +6,16 @@
 #   bash benchmarks/loss_form_study.sh            # train + evaluate what is missing, then render the tables
 #   RENDER_ONLY=1 bash benchmarks/loss_form_study.sh   # only re-render from the cached runs (seeds that are complete)
 #   JOBS="catto_a0.3:1 dpo:2" bash benchmarks/loss_form_study.sh   # these runs, in this order (arm:seed)
+#   MODEL=gemma-3-270m OUT=benchmarks/results/gemma_study ARMS="dpo catto_a0.3 dpo_bce" bash benchmarks/loss_form_study.sh
+#                                                  # the same driver on another model (issue 27 part 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/loss_form_study}
 ARMS=${ARMS:-"dpo catto_a0.3 dpo_bce l2_a0.3 catto_a0.3_noeos catto_a1.0 bce_a1.0 l2_a1.0"}
 SEEDS=${SEEDS:-"0 1 2"}
 WORKERS=${WORKERS:-2}
+MODEL_ARGS=()
+[ -n "${MODEL:-}" ] && MODEL_ARGS=(--model "$MODEL")  # default: the demo's SmolLM2 (calibration_study.py --model)
 LOGS=${LOGS:-$OUT/logs}
 mkdir -p "$LOGS"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
@@ -36,6 +40,7 @@ fi
 
 run_job() {  # arm seed: train (or reuse) and evaluate (or reuse) one run
     python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "$1" --seeds "$2" --threads 1 \
+        "${MODEL_ARGS[@]}" \
         >"$LOGS/$1-s$2.log" 2>&1 && echo "done $1-s$2" || { echo "FAILED $1-s$2 (see $LOGS/$1-s$2.log)"; return 1; }
 }
 
@@ -72,7 +77,7 @@ for seed in $SEEDS; do
 done
 if [ -n "$done_seeds" ]; then
     python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "base,${ARMS// /,}" \
-        --seeds "${done_seeds#,}" --threads 2 >"$LOGS/render.log" 2>&1
+        --seeds "${done_seeds#,}" --threads 2 "${MODEL_ARGS[@]}" >"$LOGS/render.log" 2>&1
     echo "rendered $OUT/summary.md (seeds ${done_seeds#,})"
 else
     echo "no seed finished for every arm yet; nothing rendered"
