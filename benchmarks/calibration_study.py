@@ -196,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     table = analysis.table_over_seeds(runs, arms, id_name)
     rows = analysis.rows_by_seed(runs, arms, id_name)
     if args.rule == "loss_form":
-        selection = analysis.select_loss_form(rows) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
+        # Screened arms (one seed) are reported but are not candidates: the rule compares arms on their three seeds
+        # (RULE.md, addendum), and one seed would make the choice on that seed alone.
+        candidates = {arm: r for arm, r in rows.items() if arm not in args.screened}
+        selection = analysis.select_loss_form(candidates) if len(items) > 1 else {"chosen": None,
+                                                                                  "reason": "no OOD sets"}
+        if args.screened:
+            selection["screened_not_candidates"] = list(args.screened)
         paired = analysis.paired_differences(mcqa_results, token_results, id_name, args.bootstrap,
                                              also_vs=(DEFAULT_ARM,))
         selection = analysis.apply_loss_form_noise_rule(selection, paired, DEFAULT_ARM)
