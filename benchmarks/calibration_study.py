@@ -97,12 +97,18 @@ def eval_specs(olmo_root: str) -> dict[str, tuple[str, str | None]]:
     }
 
 
-def plan(finalists: list[str], screened: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+def plan(finalists: list[str], screened: list[str], seeds: list[int],
+         screened_seeds: dict[str, list[int]] | None = None) -> list[tuple[str, int]]:
     """`(arm, seed)` in training order: the base model once (seed 0), finalists on every seed, screened arms on the
-    first seed only."""
+    first seed only, or on the seeds `screened_seeds` names for them (`--screen-arms dpo_bce@0+1`).
+
+    >>> plan(["base", "dpo"], ["l2", "bce"], [0, 1, 2], {"bce": [0, 1]})
+    [('base', 0), ('dpo', 0), ('dpo', 1), ('dpo', 2), ('l2', 0), ('bce', 0), ('bce', 1)]
+    """
+    screened_seeds = screened_seeds or {}
     out = []
     for arm in finalists + [a for a in screened if a not in finalists]:
-        for seed in [0] if arm == "base" else seeds if arm in finalists else seeds[:1]:
+        for seed in [0] if arm == "base" else seeds if arm in finalists else screened_seeds.get(arm, seeds[:1]):
             out.append((arm, seed))
     return out
 
@@ -117,7 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0", help="Comma list of training seeds (every arm of --arms).")
     parser.add_argument("--screen-arms", default="",
                         help="Comma list of arms trained on the first seed only (screened before the finalists get "
-                             "more seeds); run after --arms.")
+                             "more seeds), or on the seeds given as ARM@S1+S2; run after --arms. With --rule "
+                             "loss_form they are reported but are not candidates.")
     parser.add_argument("--train-items", type=int, default=800)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--per-device-train-batch-size", "--batch-size", dest="per_device_train_batch_size",
@@ -139,7 +146,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Re-render summary.md and the plots from --out/study.json, without a model.")
     args = parser.parse_args(argv)
     args.finalists = [a for a in args.arms.split(",") if a]
-    args.screened = [a for a in args.screen_arms.split(",") if a and a not in args.finalists]
+    screen = [a.split("@") for a in args.screen_arms.split(",") if a]
+    args.screened = [a[0] for a in screen if a[0] not in args.finalists]
+    try:
+        args.screened_seeds = {a[0]: [int(s) for s in a[1].split("+")] for a in screen if len(a) == 2}
+    except ValueError:
+        parser.error(f"--screen-arms {args.screen_arms!r}: seeds go as ARM@S1+S2, e.g. dpo_bce@0+1")
     unknown = [a for a in args.finalists + args.screened if a not in ARMS]
     if unknown:
         parser.error(f"unknown arm(s) {unknown}; known: {list(ARMS)}")
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict] = {}
     mcqa_results: dict[str, dict] = {}
     token_results: dict[str, dict] = {}
-    for arm_name, seed in plan(args.finalists, args.screened, args.seed_list):
+    for arm_name, seed in plan(args.finalists, args.screened, args.seed_list, args.screened_seeds):
         run = study.run(ARMS[arm_name], seed)
         mcqa_results[run.key], token_results[run.key] = run.records["scoring"], run.records["token"]
         timing = Path(study.eval_dir(ARMS[arm_name], seed)) / "timing.json"  # the first evaluation's cost

@@ -466,3 +466,17 @@ def test_a_study_without_sets_trains_but_refuses_to_evaluate(dry_run):
     assert trainer_only.train(arms["dpo"], 0)["steps"] == 2  # the finished run, reused
     with pytest.raises(ConfigError, match="no evaluation sets"):
         trainer_only.evaluate(arms["base"], 0)
+
+
+def test_screened_arms_take_the_first_seed_or_the_seeds_named_for_them():
+    from posthoc_common import load_benchmark
+
+    script = load_benchmark("calibration_study")
+    args = script.parse_args(["--arms", "base,dpo,catto_a0.3", "--seeds", "0,1,2",
+                              "--screen-arms", "dpo_bce@0+1,l2_a0.3"])
+    assert args.screened == ["dpo_bce", "l2_a0.3"] and args.screened_seeds == {"dpo_bce": [0, 1]}
+    assert script.plan(args.finalists, args.screened, args.seed_list, args.screened_seeds) == [
+        ("base", 0), ("dpo", 0), ("dpo", 1), ("dpo", 2), ("catto_a0.3", 0), ("catto_a0.3", 1), ("catto_a0.3", 2),
+        ("dpo_bce", 0), ("dpo_bce", 1), ("l2_a0.3", 0)]
+    with pytest.raises(SystemExit):
+        script.parse_args(["--screen-arms", "dpo_bce@zero"])
