@@ -326,3 +326,25 @@ def test_lora_from_model_config(workspace):
     assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero: it was trained
     assert not (out / "model.safetensors").exists()
     assert "catto/calibration_loss" in _train_logs(_history(out))[0]
+
+
+def test_a_finished_run_is_reused_after_its_paths_moved_and_refused_when_a_flag_differs(workspace, monkeypatch):
+    """`train_run` compares the recorded arguments with paths cut to their last two components (`portable_argv`):
+    the same run named through another checkout's copy of its recipe, or by a relative output folder, is the finished
+    run (nothing trained); a changed flag is not."""
+    import shutil
+
+    from catto.errors import ResumeMismatchError
+    from catto.train.runs import train_run
+
+    out = workspace / "runs" / "a"
+    train_run(["--config", str(workspace / "recipe.yaml"), "--output_dir", str(out)], str(out))
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    moved = workspace / "elsewhere" / workspace.name
+    moved.mkdir(parents=True)
+    shutil.copy(workspace / "recipe.yaml", moved / "recipe.yaml")
+    monkeypatch.chdir(workspace)
+    summary = train_run(["--config", str(moved / "recipe.yaml"), "--output_dir", "runs/a"], "runs/a")
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights and summary["steps"] > 0
+    with pytest.raises(ResumeMismatchError, match="trained with other arguments"):
+        train_run(["--config", str(moved / "recipe.yaml"), "--output_dir", "runs/a", "--beta", "0.5"], "runs/a")

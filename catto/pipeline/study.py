@@ -39,6 +39,7 @@ from typing import Any
 from .._logging import get_logger
 from ..errors import ConfigError, ResumeMismatchError
 from ..io import read_json
+from ..train.runs import portable_argv
 from .runner import EvalArguments, EvalDataset, EvalRunner, MethodSpec
 
 logger = get_logger(__name__)
@@ -153,16 +154,6 @@ class StudyRun:
     records: dict[str, dict[str, list]]  # method -> set -> per-item records
     eval_seconds: float
     eval_cpu_seconds: float
-
-
-def portable_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` with every path cut to its last two components, so a run's recorded training arguments compare equal
-    on another machine whose checkout, data or model folders sit elsewhere.
-
-    >>> portable_argv(["--config", "/a/repo/recipes/demo/catto.yaml", "--mcqa_data", "csqa:/x/data/csqa/train.jsonl"])
-    ['--config', 'demo/catto.yaml', '--mcqa_data', 'csqa/train.jsonl']
-    """
-    return ["/".join(a.split(":")[-1].rstrip("/").split("/")[-2:]) if "/" in a else a for a in argv]
 
 
 def sample_items(spec: str, split: str | None, n: int, seed: int = 0) -> list:

@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..io import read_json, write_json_atomic
@@ -46,6 +47,16 @@ def _pairs(argv: list[str]) -> list[str]:
     return out
 
 
+def portable_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` with every path cut to its last two components, so a run's recorded training arguments compare equal
+    on another machine whose checkout, data or model folders sit elsewhere.
+
+    >>> portable_argv(["--config", "/a/repo/recipes/demo/catto.yaml", "--mcqa_data", "csqa:/x/data/csqa/train.jsonl"])
+    ['--config', 'demo/catto.yaml', '--mcqa_data', 'csqa/train.jsonl']
+    """
+    return ["/".join(a.split(":")[-1].rstrip("/").split("/")[-2:]) if "/" in a else a for a in argv]
+
+
 def train_run(argv: list[str], out_dir: str, *, overwrite: bool = False) -> dict[str, Any]:
     """Train `catto train`'s arguments `argv` into `out_dir` (which `argv` must name as `--output_dir`), or reuse
     the finished run there; resumes an interrupted one. A finished run made with other arguments is not reused: it is
@@ -55,7 +66,8 @@ def train_run(argv: list[str], out_dir: str, *, overwrite: bool = False) -> dict
     from .script import main, parse_args
 
     recorded = read_json(os.path.join(out_dir, RUN_RECORD), {}).get("argv")
-    retrain = finished_run(out_dir) and recorded is not None and recorded != argv
+    # paths compare by their last two components: a run reads back after its checkout, data or output folder moved
+    retrain = finished_run(out_dir) and recorded is not None and portable_argv(recorded) != portable_argv(argv)
     if retrain and not overwrite:
         differ = sorted(set(_pairs(recorded)) ^ set(_pairs(argv)))
         raise ResumeMismatchError(f"{out_dir} holds a run trained with other arguments ({', '.join(differ[:4])}). "
