@@ -394,6 +394,12 @@ def test_a_run_restored_from_its_records_reads_back_without_its_adapter(dry_run,
         for method in ("scoring", "token"):
             assert [r.to_json() for r in again.records[method]["a"]] == [
                 r.to_json() for r in runs[("catto_a1.0", 0)].records[method]["a"]]
+        # the same study named by a relative folder (records written from an absolute one) reads back too
+        relative = Study(dataclasses.replace(study.settings, out=os.path.relpath(study.settings.out)), sets)
+        assert relative.cached_records(arm, 0) is not None
+        assert [r.to_json() for r in relative.run(arm, 0).records["token"]["a"]] == [
+            r.to_json() for r in runs[("catto_a1.0", 0)].records["token"]["a"]]
+        assert not os.path.exists(run_dir)
         other = Study(dataclasses.replace(study.settings, steps=3), sets)  # other training: not these records
         with pytest.raises(ResumeMismatchError, match="trained with other arguments"):
             other.run(arm, 0)

@@ -156,6 +156,16 @@ class StudyRun:
     eval_cpu_seconds: float
 
 
+def _portable_settings(settings: dict) -> dict:
+    """Eval settings with the model and adapter paths cut as `portable_argv` cuts them: records written by a study
+    whose folder was named relatively (or from another checkout) read back from an absolute one."""
+    out = dict(settings)
+    for key in ("model", "adapter"):
+        if isinstance(out.get(key), str):
+            out[key] = portable_argv([out[key]])[0]
+    return out
+
+
 def sample_items(spec: str, split: str | None, n: int, seed: int = 0) -> list:
     """A seeded random sample of `n` valid items of a set (all of them when it has fewer): MMLU's first items would
     all be one subject."""
@@ -270,8 +280,9 @@ class Study:
                 path, settings = os.path.join(where, "results.jsonl"), os.path.join(where, "settings.json")
                 if not (os.path.isfile(path) and os.path.isfile(settings)):
                     return None
-                wants = [json.loads(json.dumps(r.settings_for(spec, d, d.items), default=str)) for r in runners]
-                if read_json(settings) not in wants:
+                wants = [_portable_settings(json.loads(json.dumps(r.settings_for(spec, d, d.items), default=str)))
+                         for r in runners]
+                if _portable_settings(read_json(settings)) not in wants:
                     return None
                 store = ResultsFile(path, record_type=spec.cls.record_type)
                 ids = [it.id for it in d.items]
