@@ -128,3 +128,30 @@ def test_confidence_pick_and_the_vote_on_hand_made_samples(script):
     assert (same["diff"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="equal-length"):
         script.paired_interval(conf, vote[:1])
+
+
+def test_records_archive_restores_a_run_without_its_adapter(trained, script, tmp_path):
+    """The committed archive of a run's samples brings it back on a machine without its adapter: read back, not
+    retrained or sampled again."""
+    import shutil
+
+    from catto.pipeline.study import DEMO_ARMS, Study
+
+    study, sets, runs, config = trained
+    out = Path(study.settings.out)
+    archive = script.archive_records(out, "options_dpo-s0")
+    assert archive.read_bytes() == script.archive_records(out, "options_dpo-s0").read_bytes()  # reproducible
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(out / "eval" / "options_dpo-s0", moved / "eval")
+    shutil.move(out / "runs" / "options_dpo-s0", moved / "runs")
+    try:
+        assert script.restore_records(out) == ["options_dpo-s0"] and script.restore_records(out) == []
+        again = Study(study.settings, sets).run(DEMO_ARMS["options_dpo"], 0)
+        assert not (out / "runs" / "options_dpo-s0").exists()  # nothing trained
+        assert [r.to_json() for r in again.records["confidence_at_k"]["id"]] == [
+            r.to_json() for r in runs["options_dpo"].records["confidence_at_k"]["id"]]
+    finally:
+        shutil.rmtree(out / "eval" / "options_dpo-s0", ignore_errors=True)
+        shutil.move(moved / "eval", out / "eval" / "options_dpo-s0")
+        shutil.move(moved / "runs", out / "runs" / "options_dpo-s0")
