@@ -27,6 +27,14 @@ def write_dataset(path, n: int, offset: int = 0) -> str:
     return f"mmlu:{path}"
 
 
+def write_study_mcqa(path, n: int, offset: int) -> str:
+    """A JSONL of `n` four-option toy items (gold shifted by `offset`) readable as `mmlu:<path>`, for study dry runs."""
+    rows = [{"question": f"w{i % 30} w{(i + 1) % 30}", "choices": [f"w{(i + offset + j) % 30}" for j in (0, 2, 3, 4)],
+             "answer": (i + offset) % 4, "subject": "toy"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"mmlu:{path}"
+
+
 def save_tiny_model(folder) -> str:
     model, tok = tiny_model_and_tokenizer()
     model.save_pretrained(folder)

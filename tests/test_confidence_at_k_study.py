@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from posthoc_common import load_benchmark
+from posthoc_common import write_study_mcqa as _write_mcqa
 
 from catto.errors import ConfigError
 from catto.methods.confidence_at_k import Candidate, QuestionResult, select_all
@@ -18,13 +19,6 @@ from catto.methods.confidence_at_k import Candidate, QuestionResult, select_all
 @pytest.fixture(scope="module")
 def script():
     return load_benchmark("confidence_at_k_study")
-
-
-def _write_mcqa(path: Path, n: int, offset: int) -> str:
-    rows = [{"question": f"w{i % 30} w{(i + 1) % 30}", "choices": [f"w{(i + offset + j) % 30}" for j in (0, 2, 3, 4)],
-             "answer": (i + offset) % 4, "subject": "toy"} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return f"mmlu:{path}"
 
 
 @pytest.fixture(scope="module")

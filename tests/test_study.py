@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from posthoc_common import write_study_mcqa as _write_mcqa
+
 from catto.pipeline import study_analysis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,13 +331,6 @@ def test_render_only_rewrites_the_summary_from_study_json(tmp_path, committed):
 
 # ----------------------------------------------------------------------------------------------------------------
 # A dry run on a tiny model: two arms trained, evaluated through the runner, compared, the rule, the tables
-
-
-def _write_mcqa(path: Path, n: int, offset: int) -> str:
-    rows = [{"question": f"w{i % 30} w{(i + 1) % 30}", "choices": [f"w{(i + offset + j) % 30}" for j in (0, 2, 3, 4)],
-             "answer": (i + offset) % 4, "subject": "toy"} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return f"mmlu:{path}"
 
 
 @pytest.fixture(scope="module")
