@@ -131,8 +131,9 @@ def analyse_set(results: list, ks: tuple[int, ...], n_boot: int = 2000) -> dict:
                    for k in REPORT_KS if k in ks} for s in SELECTORS if s != "majority"}
     oracle = {str(k): float(np.mean([any(c.answer == r.gold for c in r.candidates[:k]) for r in results]))
               for k in ks}
+    parse = parse_stats(results)
     return {"n": len(results), "accuracy": accuracy, "oracle": oracle, "vs_majority": vs_vote,
-            "parse": parse_stats(results), "mapped_share_of_samples": parse_stats(results)["parsed_share"],
+            "parse": parse, "mapped_share_of_samples": parse["parsed_share"],
             "temperature_2fold": t_fold, "curves": curves}
 
 
