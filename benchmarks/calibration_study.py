@@ -144,6 +144,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "study's (vs the default arm, answer tokens; benchmarks/results/loss_form_study/RULE.md).")
     parser.add_argument("--render-only", action="store_true",
                         help="Re-render summary.md and the plots from --out/study.json, without a model.")
+    parser.add_argument("--runs-only", action="store_true",
+                        help="Train and score the runs (cached in --out/eval) and stop: no bootstrap, and summary.md, "
+                             "study.json and the plots are left as they are (a render over one arm would replace "
+                             "them with that arm alone). For one-arm workers; render afterwards over every arm.")
     args = parser.parse_args(argv)
     args.finalists = [a for a in args.arms.split(",") if a]
     screen = [a.split("@") for a in args.screen_arms.split(",") if a]
@@ -195,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     token_results: dict[str, dict] = {}
     for arm_name, seed in plan(args.finalists, args.screened, args.seed_list, args.screened_seeds):
         run = study.run(ARMS[arm_name], seed)
+        if args.runs_only:
+            print(f"calibration_study: {run.key} trained and scored in {study.eval_dir(ARMS[arm_name], seed)}")
+            continue
         mcqa_results[run.key], token_results[run.key] = run.records["scoring"], run.records["token"]
         timing = Path(study.eval_dir(ARMS[arm_name], seed)) / "timing.json"  # the first evaluation's cost
         runs[run.key] = {"arm": arm_name, "seed": seed, "overrides": list(ARMS[arm_name].overrides),
@@ -204,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                                                          args.bootstrap)}
         write_json_atomic(out / "runs.partial.json", runs)
 
+    if args.runs_only:
+        return 0
     arms = args.finalists + args.screened
     table = analysis.table_over_seeds(runs, arms, id_name)
     rows = analysis.rows_by_seed(runs, arms, id_name)

@@ -6,6 +6,8 @@
 #   bash benchmarks/loss_form_study.sh            # train + evaluate what is missing, then render the tables
 #   RENDER_ONLY=1 bash benchmarks/loss_form_study.sh   # only re-render from the cached runs (seeds that are complete)
 #   JOBS="catto_a0.3:1 dpo:2" bash benchmarks/loss_form_study.sh   # these runs, in this order (arm:seed)
+#   NO_RENDER=1 JOBS=... bash benchmarks/loss_form_study.sh   # train, score and archive only; leave summary.md and
+#                                                  # study.json as they are (a render rewrites them)
 #   MODEL=gemma-3-270m OUT=benchmarks/results/gemma_study ARMS="dpo catto_a0.3 dpo_bce" bash benchmarks/loss_form_study.sh
 #                                                  # the same driver on another model (issue 27 part 3)
 set -euo pipefail
@@ -39,7 +41,7 @@ else
 fi
 
 run_job() {  # arm seed: train (or reuse) and evaluate (or reuse) one run
-    python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "$1" --seeds "$2" --threads 1 \
+    python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "$1" --seeds "$2" --threads 1 --runs-only \
         "${MODEL_ARGS[@]}" \
         >"$LOGS/$1-s$2.log" 2>&1 && echo "done $1-s$2" || { echo "FAILED $1-s$2 (see $LOGS/$1-s$2.log)"; return 1; }
 }
@@ -75,7 +77,9 @@ for seed in $SEEDS; do
     done
     [ $complete = 1 ] && done_seeds="$done_seeds,$seed"
 done
-if [ -n "$done_seeds" ]; then
+if [ -n "${NO_RENDER:-}" ]; then
+    echo "NO_RENDER set: runs archived in $RECORDS; summary.md and study.json left as they were"
+elif [ -n "$done_seeds" ]; then
     python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "base,${ARMS// /,}" \
         --seeds "${done_seeds#,}" --threads 2 "${MODEL_ARGS[@]}" >"$LOGS/render.log" 2>&1
     echo "rendered $OUT/summary.md (seeds ${done_seeds#,})"

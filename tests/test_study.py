@@ -481,3 +481,22 @@ def test_screened_arms_take_the_first_seed_or_the_seeds_named_for_them():
         ("dpo_bce", 0), ("dpo_bce", 1), ("l2_a0.3", 0)]
     with pytest.raises(SystemExit):
         script.parse_args(["--screen-arms", "dpo_bce@zero"])
+
+
+def test_runs_only_scores_a_run_and_leaves_the_rendered_study_alone(tmp_path, mcqa_model_dir, monkeypatch):
+    """A one-arm worker (`--runs-only`, what loss_form_study.sh runs) caches its run and does not replace the
+    study's summary with a render over that arm alone."""
+    from posthoc_common import load_benchmark
+
+    script = load_benchmark("calibration_study")
+    specs = {name: (_write_mcqa(tmp_path / f"{name}.jsonl", 6, k), "test") for k, name in enumerate(("id", "ood"))}
+    monkeypatch.setattr(script, "eval_specs", lambda olmo_root: specs)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.md").write_text("the full study\n")
+    argv = ["--arms", "base", "--model", mcqa_model_dir, "--olmo-root", str(tmp_path), "--eval-items", "4",
+            "--out", str(out), "--runs-only"]
+    assert script.main(argv) == 0
+    assert (out / "summary.md").read_text() == "the full study\n" and not (out / "study.json").exists()
+    records = out / "eval" / "base-s0" / "token" / "ood" / "results.jsonl"
+    assert len(records.read_text().splitlines()) == 4
