@@ -71,7 +71,7 @@ import json
 import sys
 from pathlib import Path
 
-from catto.io import write_json_atomic
+from catto.io import cached_json, write_json_atomic
 from catto.pipeline import study_analysis as analysis
 from catto.pipeline.assets import GEMMA3_NAME, default_model_dir, ensure_gemma3, shared_data_dir
 from catto.pipeline.study import DEFAULT_DEMO_ARM, DEMO_ARMS, Study, StudySettings, sample_items
@@ -145,9 +145,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--render-only", action="store_true",
                         help="Re-render summary.md and the plots from --out/study.json, without a model.")
     parser.add_argument("--runs-only", action="store_true",
-                        help="Train and score the runs (cached in --out/eval) and stop: no bootstrap, and summary.md, "
-                             "study.json and the plots are left as they are (a render over one arm would replace "
-                             "them with that arm alone). For one-arm workers; render afterwards over every arm.")
+                        help="Train and score the runs and compute their bootstrap metrics (all cached in --out/eval) "
+                             "and stop: summary.md, study.json and the plots are left as they are (a render over one "
+                             "arm would replace them with that arm alone). For one-arm workers; render afterwards "
+                             "over every arm, which reuses the cached metrics.")
     args = parser.parse_args(argv)
     args.finalists = [a for a in args.arms.split(",") if a]
     screen = [a.split("@") for a in args.screen_arms.split(",") if a]
@@ -197,22 +198,36 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict] = {}
     mcqa_results: dict[str, dict] = {}
     token_results: dict[str, dict] = {}
+    fingerprints: dict[str, str] = {}
+    eval_dirs: dict[str, Path] = {}
     for arm_name, seed in plan(args.finalists, args.screened, args.seed_list, args.screened_seeds):
         run = study.run(ARMS[arm_name], seed)
-        if args.runs_only:
-            print(f"calibration_study: {run.key} trained and scored in {study.eval_dir(ARMS[arm_name], seed)}")
-            continue
+        eval_dirs[run.key] = Path(study.eval_dir(ARMS[arm_name], seed))
         mcqa_results[run.key], token_results[run.key] = run.records["scoring"], run.records["token"]
-        timing = Path(study.eval_dir(ARMS[arm_name], seed)) / "timing.json"  # the first evaluation's cost
+        fingerprints[run.key] = analysis.records_fingerprint(run.records["scoring"], run.records["token"])
+        # Each run's bootstrap metrics are cached beside its records (keyed by the records and the settings), so a
+        # render over many runs computes only what is new; a --runs-only worker computes its own run's.
+        metrics = cached_json(eval_dirs[run.key] / "analysis" / "metrics.json",
+                              {"records": fingerprints[run.key], "id": id_name, "n_resamples": args.bootstrap},
+                              lambda: analysis.run_metrics(run.records["scoring"], run.records["token"], id_name,
+                                                           args.bootstrap))
+        if args.runs_only:
+            print(f"calibration_study: {run.key} trained, scored and its metrics cached in {eval_dirs[run.key]}")
+            continue
+        timing = eval_dirs[run.key] / "timing.json"  # the first evaluation's cost
         runs[run.key] = {"arm": arm_name, "seed": seed, "overrides": list(ARMS[arm_name].overrides),
                          "train": run.train, "eval_seconds": run.eval_seconds, "eval_cpu_seconds": run.eval_cpu_seconds,
-                         "cost": json.loads(timing.read_text()) if timing.is_file() else None,
-                         "metrics": analysis.run_metrics(run.records["scoring"], run.records["token"], id_name,
-                                                         args.bootstrap)}
+                         "cost": json.loads(timing.read_text()) if timing.is_file() else None, "metrics": metrics}
         write_json_atomic(out / "runs.partial.json", runs)
 
     if args.runs_only:
         return 0
+
+    def cached_pair(key: str, ref: str, compute):
+        return cached_json(eval_dirs[key] / "analysis" / f"paired_vs_{ref}.json",
+                           {"records": fingerprints[key], "reference": fingerprints[ref], "id": id_name,
+                            "n_resamples": args.bootstrap}, compute)
+
     arms = args.finalists + args.screened
     table = analysis.table_over_seeds(runs, arms, id_name)
     rows = analysis.rows_by_seed(runs, arms, id_name)
@@ -225,11 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.screened:
             selection["screened_not_candidates"] = list(args.screened)
         paired = analysis.paired_differences(mcqa_results, token_results, id_name, args.bootstrap,
-                                             also_vs=(DEFAULT_ARM,))
+                                             also_vs=(DEFAULT_ARM,), cache=cached_pair)
         selection = analysis.apply_loss_form_noise_rule(selection, paired, DEFAULT_ARM)
     else:
         selection = analysis.select_default(rows) if len(items) > 1 else {"chosen": None, "reason": "no OOD sets"}
-        paired = analysis.paired_differences(mcqa_results, token_results, id_name, args.bootstrap)
+        paired = analysis.paired_differences(mcqa_results, token_results, id_name, args.bootstrap,
+                                             cache=cached_pair)
         selection = analysis.apply_noise_rule(selection, paired, DEFAULT_ARM)
     payload = {
         "command": "python benchmarks/calibration_study.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 
@@ -74,6 +74,24 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
     with open(path) as f:
         return json.load(f)
+
+
+def cached_json(path: str | os.PathLike, key: Any, compute: Callable[[], Any]) -> Any:
+    """`compute()`, remembered in `path` under `key` (JSON): a file holding the same key is read back instead of
+    computing again; another key (other inputs or settings) is recomputed and replaces it. The value is returned as
+    read back from JSON, so a cached and a fresh call give the same types (lists, string keys).
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.json")
+    >>> cached_json(path, {"n": 2}, lambda: {"square": 4}), cached_json(path, {"n": 2}, lambda: 1 / 0)
+    ({'square': 4}, {'square': 4})
+    """
+    hit = read_json(path, default={})
+    if isinstance(hit, dict) and hit.get("key") == key and "value" in hit:
+        return hit["value"]
+    payload = json.loads(json.dumps({"key": key, "value": compute()}))
+    write_json_atomic(path, payload)
+    return payload["value"]
 
 
 @contextlib.contextmanager

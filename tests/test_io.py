@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from catto.io import atomic_directory, atomic_write, write_json_atomic
+from catto.io import atomic_directory, atomic_write, cached_json, write_json_atomic
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 
@@ -65,3 +65,18 @@ def test_a_folder_is_not_replaced_unless_asked(tmp_path):
         (open(os.path.join(folder, "new"), "w")).close()
     assert sorted(os.listdir(target)) == ["new"]
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_cached_json_recomputes_only_for_another_key_and_returns_json_types(tmp_path):
+    path = tmp_path / "cache.json"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {1: (0.5, 0.25)}
+
+    first = cached_json(path, {"records": "abc", "n": 200}, compute)
+    assert first == {"1": [0.5, 0.25]}  # as JSON gives it back, so cached and fresh calls agree
+    assert cached_json(path, {"records": "abc", "n": 200}, compute) == first and len(calls) == 1
+    assert cached_json(path, {"records": "abd", "n": 200}, compute) == first and len(calls) == 2
+    assert json.loads(path.read_text())["key"] == {"records": "abd", "n": 200}

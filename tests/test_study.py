@@ -366,6 +366,9 @@ def test_dry_run_trains_each_arm_once_with_its_flags(dry_run):
     timing = json.loads(Path(study.eval_dir(arms["dpo"], 0), "timing.json").read_text())
     assert timing["eval_cpu_seconds"] == runs[("dpo", 0)].eval_cpu_seconds and timing["train_cpu_seconds"] > 0
     again = study.run(arms["dpo"], 0)
+    assert os.path.getmtime(Path(study.run_dir(arms["dpo"], 0), "adapter_model.safetensors")) == mtime
+    assert [r.confidence for r in again.records["scoring"]["id"]] == \
+        [r.confidence for r in runs[("dpo", 0)].records["scoring"]["id"]]
     assert json.loads(Path(study.eval_dir(arms["dpo"], 0), "timing.json").read_text()) == timing
     assert timing["train"]["argv"] == study.train_argv(arms["dpo"], 0)
 
@@ -458,6 +461,27 @@ def test_dry_run_differences_rule_and_tables(dry_run, tmp_path, study):
     assert "## Answer tokens and the EOS apart" in summary
 
 
+def test_dry_run_pairs_go_through_the_cache_and_fingerprints_follow_the_records(dry_run, study):
+    _, _, _, runs = dry_run
+    mcqa = {f"{n}-s{s}": r.records["scoring"] for (n, s), r in runs.items()}
+    tokens = {f"{n}-s{s}": r.records["token"] for (n, s), r in runs.items()}
+    asked = []
+
+    def cache(key, ref, compute):
+        asked.append((key, ref))
+        return compute()
+
+    cached = study.paired_differences(mcqa, tokens, "id", n_resamples=20, cache=cache)
+    assert asked == study.comparisons(list(mcqa))
+    assert cached == study.paired_differences(mcqa, tokens, "id", n_resamples=20)
+    fingerprint = study.records_fingerprint(mcqa["dpo-s0"], tokens["dpo-s0"])
+    assert fingerprint == study.records_fingerprint(mcqa["dpo-s0"], tokens["dpo-s0"])
+    assert fingerprint != study.records_fingerprint(mcqa["catto_a1.0-s0"], tokens["catto_a1.0-s0"])
+    changed = {**mcqa["dpo-s0"], "id": [dataclasses.replace(mcqa["dpo-s0"]["id"][0], confidence=0.123456)]
+               + list(mcqa["dpo-s0"]["id"][1:])}
+    assert study.records_fingerprint(changed, tokens["dpo-s0"]) != fingerprint
+
+
 def test_a_study_without_sets_trains_but_refuses_to_evaluate(dry_run):
     from catto.errors import ConfigError
     from catto.pipeline.study import Study
@@ -500,3 +524,17 @@ def test_runs_only_scores_a_run_and_leaves_the_rendered_study_alone(tmp_path, mc
     assert (out / "summary.md").read_text() == "the full study\n" and not (out / "study.json").exists()
     records = out / "eval" / "base-s0" / "token" / "ood" / "results.jsonl"
     assert len(records.read_text().splitlines()) == 4
+    cached = json.loads((out / "eval" / "base-s0" / "analysis" / "metrics.json").read_text())
+    assert cached["key"]["n_resamples"] == 1000 and cached["value"]["per_set"]["ood"]["mcqa"]["n"] == 4
+
+    # The render reuses the worker's metrics (computing them again would fail here) and writes the study.
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("metrics recomputed although cached for the same records and settings")
+
+    monkeypatch.setattr(script.analysis, "run_metrics", no_recompute)
+    assert script.main(argv[:-1]) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert study["runs"]["base-s0"]["metrics"] == cached["value"]
+    # other settings (resamples) are not served from the cache
+    with pytest.raises(AssertionError, match="recomputed"):
+        script.main(argv[:-1] + ["--bootstrap", "50"])

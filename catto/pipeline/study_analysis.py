@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -82,6 +83,18 @@ def run_metrics(mcqa: dict, tokens: dict, id_name: str, n_resamples: int) -> dic
     return {"per_set": per_set, "pooled_ood": pooled}
 
 
+def records_fingerprint(mcqa: dict, tokens: dict) -> str:
+    """A SHA-256 of one run's `{set: records}` (MCQA and token): equal fingerprints, equal metrics, so a cached
+    metric is reused only for the records it was computed from."""
+    digest = hashlib.sha256()
+    for kind, by_set in (("mcqa", mcqa), ("token", tokens)):
+        for name in sorted(by_set):
+            digest.update(f"{kind}\t{name}\n".encode())
+            for record in by_set[name]:
+                digest.update(record.to_json().encode() + b"\n")
+    return digest.hexdigest()
+
+
 def comparisons(keys: list[str], also_vs: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """`(run, reference)` pairs: DPO vs base; every other arm vs DPO of the same seed; every CATTO arm vs the
     paper's DPO + BCE baseline of the same seed; and every arm with a term vs each arm of `also_vs` (e.g. the
@@ -101,10 +114,23 @@ def comparisons(keys: list[str], also_vs: tuple[str, ...] = ()) -> list[tuple[st
 
 
 def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int,
-                       also_vs: tuple[str, ...] = ()) -> dict:
+                       also_vs: tuple[str, ...] = (), cache=None) -> dict:
     """`mcqa` and `tokens` are `{run key: {set: records}}`. Each pair of `comparisons` on the same items/pairs: ID
     and pooled OOD, paired bootstrap (MCQA: items; token: pairs); the answer's own tokens apart where the records
-    name the EOS."""
+    name the EOS. `cache(key, ref, compute)`, if given, returns one pair's entry (e.g. from a file, see
+    `benchmarks/calibration_study.py`) or `compute()`."""
+    out = {}
+    for key, ref in comparisons(list(mcqa), also_vs):
+        compute = functools.partial(paired_entry, mcqa[key], mcqa[ref], tokens[key], tokens[ref], id_name,
+                                    n_resamples)
+        out[f"{key} vs {ref}"] = cache(key, ref, compute) if cache is not None else compute()
+    return out
+
+
+def paired_entry(mcqa_a: dict, mcqa_b: dict, tokens_a: dict, tokens_b: dict, id_name: str,
+                 n_resamples: int) -> dict:
+    """Run a − run b (each `{set: records}`) in distribution and pooled out of distribution, paired on the same
+    items: MCQA accuracy and ECE, token accuracy and ECE (all tokens, and the answer's own where the EOS is named)."""
     from ..eval.token import eos_token_id_of, paired_token_difference
 
     ece15 = functools.partial(ece, n_bins=N_BINS)
@@ -112,36 +138,33 @@ def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int,
     def accuracy(conf, correct):
         return float(np.mean(correct))
 
-    def pooled_mcqa(key, names):
-        res = [r for n in names for r in mcqa[key][n]]
+    def pooled_mcqa(by_set, names):
+        res = [r for n in names for r in by_set[n]]
         return [r.confidence for r in res], [bool(r.correct) for r in res]
 
-    def pooled_tokens(key, names):
-        return [r for n in names for r in _prefixed(tokens[key][n], n)]
+    def pooled_tokens(by_set, names):
+        return [r for n in names for r in _prefixed(by_set[n], n)]
 
-    out = {}
-    for key, ref in comparisons(list(mcqa), also_vs):
-        names = list(mcqa[key])
-        groups = {"id": [id_name], "ood": [n for n in names if n != id_name]}
-        entry = {}
-        for group, members in groups.items():
-            if not members:
-                continue
-            a, b = pooled_mcqa(key, members), pooled_mcqa(ref, members)
-            ta, tb = pooled_tokens(key, members), pooled_tokens(ref, members)
-            entry[group] = {
-                "n_items": len(a[0]),
-                "mcqa_accuracy": paired_difference(accuracy, a, b, n_resamples=n_resamples, seed=0),
-                "mcqa_ece15": paired_difference(ece15, a, b, n_resamples=n_resamples, seed=0, method="basic"),
-                "token_accuracy": paired_token_difference(ta, tb, "accuracy", n_resamples=n_resamples),
-                "token_ece": paired_token_difference(ta, tb, "ece", n_bins=N_BINS, n_resamples=n_resamples),
-            }
-            if eos_token_id_of(ta) is not None and eos_token_id_of(tb) is not None:
-                for metric in ("accuracy", "ece"):
-                    entry[group][f"answer_token_{metric}"] = paired_token_difference(
-                        ta, tb, metric, part="answer", n_bins=N_BINS, n_resamples=n_resamples)
-        out[f"{key} vs {ref}"] = entry
-    return out
+    names = list(mcqa_a)
+    groups = {"id": [id_name], "ood": [n for n in names if n != id_name]}
+    entry = {}
+    for group, members in groups.items():
+        if not members:
+            continue
+        a, b = pooled_mcqa(mcqa_a, members), pooled_mcqa(mcqa_b, members)
+        ta, tb = pooled_tokens(tokens_a, members), pooled_tokens(tokens_b, members)
+        entry[group] = {
+            "n_items": len(a[0]),
+            "mcqa_accuracy": paired_difference(accuracy, a, b, n_resamples=n_resamples, seed=0),
+            "mcqa_ece15": paired_difference(ece15, a, b, n_resamples=n_resamples, seed=0, method="basic"),
+            "token_accuracy": paired_token_difference(ta, tb, "accuracy", n_resamples=n_resamples),
+            "token_ece": paired_token_difference(ta, tb, "ece", n_bins=N_BINS, n_resamples=n_resamples),
+        }
+        if eos_token_id_of(ta) is not None and eos_token_id_of(tb) is not None:
+            for metric in ("accuracy", "ece"):
+                entry[group][f"answer_token_{metric}"] = paired_token_difference(
+                    ta, tb, metric, part="answer", n_bins=N_BINS, n_resamples=n_resamples)
+    return entry
 
 
 TABLE_FIELDS = {
