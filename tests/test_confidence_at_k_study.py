@@ -124,23 +124,31 @@ def test_confidence_pick_and_the_vote_on_hand_made_samples(script):
         script.paired_interval(conf, vote[:1])
 
 
-def test_records_archive_restores_a_run_without_its_adapter(trained, script, tmp_path):
+def test_records_archive_restores_a_run_without_its_adapter(trained, tmp_path):
     """The committed archive of a run's samples brings it back on a machine without its adapter: read back, not
     retrained or sampled again."""
     import shutil
 
-    from catto.pipeline.study import DEMO_ARMS, Study
+    from catto.pipeline.study import DEMO_ARMS, Study, archive_run_records, restore_run_records
 
     study, sets, runs, config = trained
     out = Path(study.settings.out)
-    archive = script.archive_records(out, "options_dpo-s0")
-    assert archive.read_bytes() == script.archive_records(out, "options_dpo-s0").read_bytes()  # reproducible
+    (out / "eval" / "options_dpo-s0" / "analysis").mkdir()
+    (out / "eval" / "options_dpo-s0" / "analysis" / "metrics.json").write_text("{}")  # a cache, not a record
+    archive = Path(archive_run_records(out, "options_dpo-s0"))
+    first = archive.read_bytes()
+    archive.write_bytes(b"kept")
+    assert archive_run_records(out, "options_dpo-s0") == str(archive) and archive.read_bytes() == b"kept"  # made once
+    archive.unlink()
+    assert Path(archive_run_records(out, "options_dpo-s0")).read_bytes() == first  # reproducible bytes
+    shutil.rmtree(out / "eval" / "options_dpo-s0" / "analysis")
     moved = tmp_path / "moved"
     moved.mkdir()
     shutil.move(out / "eval" / "options_dpo-s0", moved / "eval")
     shutil.move(out / "runs" / "options_dpo-s0", moved / "runs")
     try:
-        assert script.restore_records(out) == ["options_dpo-s0"] and script.restore_records(out) == []
+        assert restore_run_records(out) == ["options_dpo-s0"] and restore_run_records(out) == []
+        assert not (out / "eval" / "options_dpo-s0" / "analysis").exists()
         again = Study(study.settings, sets).run(DEMO_ARMS["options_dpo"], 0)
         assert not (out / "runs" / "options_dpo-s0").exists()  # nothing trained
         assert [r.to_json() for r in again.records["confidence_at_k"]["id"]] == [

@@ -508,6 +508,9 @@ def test_screened_arms_take_the_first_seed_or_the_seeds_named_for_them():
 
 
 def test_runs_only_scores_a_run_and_leaves_the_rendered_study_alone(tmp_path, mcqa_model_dir, monkeypatch):
+    import shutil
+    import tarfile
+
     """A one-arm worker (`--runs-only`, what loss_form_study.sh runs) caches its run and does not replace the
     study's summary with a render over that arm alone."""
     from posthoc_common import load_benchmark
@@ -520,7 +523,10 @@ def test_runs_only_scores_a_run_and_leaves_the_rendered_study_alone(tmp_path, mc
     (out / "summary.md").write_text("the full study\n")
     argv = ["--arms", "base", "--model", mcqa_model_dir, "--olmo-root", str(tmp_path), "--eval-items", "4",
             "--out", str(out), "--runs-only"]
-    assert script.main(argv) == 0
+    assert script.main(argv + ["--archive-records"]) == 0
+    with tarfile.open(out / "records" / "base-s0.tar.gz") as tar:
+        names = tar.getnames()
+    assert "eval/base-s0/token/ood/results.jsonl" in names and not any("/analysis" in n for n in names)
     assert (out / "summary.md").read_text() == "the full study\n" and not (out / "study.json").exists()
     records = out / "eval" / "base-s0" / "token" / "ood" / "results.jsonl"
     assert len(records.read_text().splitlines()) == 4
@@ -531,6 +537,7 @@ def test_runs_only_scores_a_run_and_leaves_the_rendered_study_alone(tmp_path, mc
     def no_recompute(*args, **kwargs):
         raise AssertionError("metrics recomputed although cached for the same records and settings")
 
+    run_metrics = script.analysis.run_metrics
     monkeypatch.setattr(script.analysis, "run_metrics", no_recompute)
     assert script.main(argv[:-1]) == 0
     study = json.loads((out / "study.json").read_text())
@@ -538,3 +545,9 @@ def test_runs_only_scores_a_run_and_leaves_the_rendered_study_alone(tmp_path, mc
     # other settings (resamples) are not served from the cache
     with pytest.raises(AssertionError, match="recomputed"):
         script.main(argv[:-1] + ["--bootstrap", "50"])
+    # a checkout without the eval folder restores the run from its archive and renders it without scoring again
+    monkeypatch.setattr(script.analysis, "run_metrics", run_metrics)
+    shutil.rmtree(out / "eval")
+    assert script.main(argv[:-1] + ["--bootstrap", "50"]) == 0
+    assert os.path.getmtime(records) == 0  # the archive's file, not a new scoring
+    assert json.loads((out / "study.json").read_text())["bootstrap"]["n_resamples"] == 50

@@ -166,6 +166,58 @@ def _portable_settings(settings: dict) -> dict:
     return out
 
 
+def restore_run_records(out: str | os.PathLike) -> list[str]:
+    """Unpack `out/records/<run>.tar.gz` (a finished run's per-item records, committed with a study) where
+    `out/eval/<run>` is missing: a run whose model or adapter is gone reads back from them (`Study.cached_records`)
+    without being trained or scored again. Returns the runs restored."""
+    import tarfile
+    from pathlib import Path
+
+    out = Path(out)
+    restored = []
+    for archive in sorted((out / "records").glob("*.tar.gz")):
+        key = archive.name[: -len(".tar.gz")]
+        if not (out / "eval" / key).is_dir():
+            with tarfile.open(archive) as tar:
+                tar.extractall(out, filter="data")
+            restored.append(key)
+    return restored
+
+
+def archive_run_records(out: str | os.PathLike, key: str, skip: Sequence[str] = ("analysis",)) -> str:
+    """`out/records/<key>.tar.gz` of a finished run's eval folder, made once (an existing archive is kept) with
+    reproducible bytes (sorted, no times or owners). `skip`: top-level sub-folders left out (`analysis` holds
+    metrics cached from the records, not records)."""
+    import gzip
+    import io
+    import tarfile
+    from pathlib import Path
+
+    from ..io import atomic_write
+
+    out = Path(out)
+    target = out / "records" / f"{key}.tar.gz"
+    if target.exists():
+        return str(target)
+    root = out / "eval" / key
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(root.rglob("*")):
+            if path.relative_to(root).parts[0] in skip:
+                continue
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(out)))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if path.is_file():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target, "wb") as f:
+        f.write(gzip.compress(buffer.getvalue(), mtime=0))
+    return str(target)
+
+
 def sample_items(spec: str, split: str | None, n: int, seed: int = 0) -> list:
     """A seeded random sample of `n` valid items of a set (all of them when it has fewer): MMLU's first items would
     all be one subject."""
