@@ -464,6 +464,16 @@ def summary_markdown(payload: dict) -> str:
                 e = entry.get(group, {}).get(metric)
                 cells.append("-" if e is None else _ci(e, signed=True))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    answer_pairs = {name: entry for name, entry in p["paired_differences"].items()
+                    if any("answer_token_ece" in entry.get(group, {}) for group in ("id", "ood"))}
+    if answer_pairs:
+        lines += ["", "## Paired differences on the answer's own tokens (the EOS apart)", "",
+                  "| comparison | ID answer-token ECE | ID answer-token acc | OOD answer-token ECE | "
+                  "OOD answer-token acc |", "|---|---|---|---|---|"]
+        for name, entry in answer_pairs.items():
+            cells = [_ci(e, signed=True) if (e := entry.get(group, {}).get(f"answer_token_{metric}")) else "-"
+                     for group in ("id", "ood") for metric in ("ece", "accuracy")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Per run and set (token: chosen answers; MCQA: cloze)", "",
               "| run | data | token acc | token conf | token ECE | token ECE debiased / floor | rejected token ECE | "
               "MCQA acc | MCQA conf | MCQA ECE15 | MCQA ECE15 debiased / floor | MCQA ECE15 mass | Brier | AUROC |",
