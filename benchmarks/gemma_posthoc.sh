@@ -3,6 +3,7 @@
 # arm, trained by loss_form_study.sh with MODEL=gemma-3-270m), through `catto report`, to say whether temperature
 # scaling, MSP, CORAL and SECL show their papers' effects on a model stronger at MCQA than SmolLM2-135M.
 #
+#   MODELS=base bash benchmarks/gemma_posthoc.sh           # the committed base-model report (resumes)
 #   bash benchmarks/gemma_posthoc.sh                       # base and catto_a0.3-s0, resumable
 #   MODELS="base dpo-s0" SAMPLE=60 FIT=30 SECL_ITEMS=10 bash benchmarks/gemma_posthoc.sh   # other runs / sizes
 #
@@ -17,8 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gemma_study}
 MODELS=${MODELS:-"base catto_a0.3-s0"}
-SAMPLE=${SAMPLE:-400}
-FIT=${FIT:-200}
+SAMPLE=${SAMPLE:-300}  # the committed run: 300 per set, fitted on the first 150
+FIT=${FIT:-150}
 SECL_ITEMS=${SECL_ITEMS:-40}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 SHARED=$(python -c "from catto.pipeline.assets import shared_data_dir; print(shared_data_dir())")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -551,3 +552,22 @@ def test_runs_only_scores_a_run_and_leaves_the_rendered_study_alone(tmp_path, mc
     assert script.main(argv[:-1] + ["--bootstrap", "50"]) == 0
     assert os.path.getmtime(records) == 0  # the archive's file, not a new scoring
     assert json.loads((out / "study.json").read_text())["bootstrap"]["n_resamples"] == 50
+
+
+def test_a_damaged_records_archive_is_named_and_leaves_no_half_restored_run(tmp_path):
+    from catto.errors import DataError
+    from catto.pipeline.study import archive_run_records, restore_run_records
+
+    run = tmp_path / "eval" / "dpo-s0" / "token" / "id"
+    run.mkdir(parents=True)
+    (run / "results.jsonl").write_text('{"id": "1"}\n')
+    archive = Path(archive_run_records(tmp_path, "dpo-s0"))
+    intact = archive.read_bytes()
+    shutil.rmtree(tmp_path / "eval")
+    archive.write_bytes(intact[: len(intact) // 2])  # truncated
+    with pytest.raises(DataError, match=r"dpo-s0\.tar\.gz: not a readable records archive.*Fix: restore"):
+        restore_run_records(tmp_path)
+    assert not (tmp_path / "eval" / "dpo-s0").exists() and list((tmp_path / "eval").iterdir()) == []
+    archive.write_bytes(intact)
+    assert restore_run_records(tmp_path) == ["dpo-s0"]
+    assert (tmp_path / "eval" / "dpo-s0" / "token" / "id" / "results.jsonl").read_text() == '{"id": "1"}\n'

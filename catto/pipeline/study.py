@@ -173,14 +173,33 @@ def restore_run_records(out: str | os.PathLike) -> list[str]:
     import tarfile
     from pathlib import Path
 
+    import tempfile
+
+    from ..errors import DataError
+
     out = Path(out)
     restored = []
     for archive in sorted((out / "records").glob("*.tar.gz")):
         key = archive.name[: -len(".tar.gz")]
-        if not (out / "eval" / key).is_dir():
-            with tarfile.open(archive) as tar:
-                tar.extractall(out, filter="data")
-            restored.append(key)
+        target = out / "eval" / key
+        if target.is_dir():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Unpacked beside its destination and renamed into place, so a damaged archive leaves no half-restored run
+        # (which a later call would take for a finished one).
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{key}.") as tmp:
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, EOFError, OSError) as err:
+                raise DataError(f"{archive}: not a readable records archive ({err}). Fix: restore the file from git "
+                                f"(git checkout -- {archive}) or delete it to train and score {key} again.") from None
+            unpacked = Path(tmp) / "eval" / key
+            if not unpacked.is_dir():
+                raise DataError(f"{archive}: holds no eval/{key}/ folder. Fix: restore the file from git or delete "
+                                f"it to train and score {key} again.")
+            os.replace(unpacked, target)
+        restored.append(key)
     return restored
 
 

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,8 @@ def comparisons(keys: list[str], also_vs: tuple[str, ...] = ()) -> list[tuple[st
 
 
 def paired_differences(mcqa: dict, tokens: dict, id_name: str, n_resamples: int,
-                       also_vs: tuple[str, ...] = (), cache=None) -> dict:
+                       also_vs: tuple[str, ...] = (),
+                       cache: Callable[[str, str, Callable[[], dict]], dict] | None = None) -> dict:
     """`mcqa` and `tokens` are `{run key: {set: records}}`. Each pair of `comparisons` on the same items/pairs: ID
     and pooled OOD, paired bootstrap (MCQA: items; token: pairs); the answer's own tokens apart where the records
     name the EOS. `cache(key, ref, compute)`, if given, returns one pair's entry (e.g. from a file, see
